@@ -1,0 +1,1 @@
+"""Admin registrations of the domain models (added with the models)."""

@@ -1,0 +1,26 @@
+"""Celery tasks of the default queue: thin wrappers around services."""
+
+import os
+import socket
+
+from celery import shared_task
+from django.utils import timezone
+
+from feedback.services.housekeeping import do_clear_expired_sessions
+
+
+@shared_task(name="feedback.tasks.clear_expired_sessions")
+def clear_expired_sessions() -> int:
+    return do_clear_expired_sessions()
+
+
+@shared_task(name="feedback.tasks.ping")
+def ping(payload: str) -> dict[str, str | int]:
+    """Round trip through the broker for operators and tests: echoes the payload and says
+    which worker process answered."""
+    return {
+        "pong": payload,
+        "at": timezone.now().isoformat(),
+        "worker_pid": os.getpid(),
+        "worker_host": socket.gethostname(),
+    }

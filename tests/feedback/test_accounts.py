@@ -1,0 +1,88 @@
+"""Sign-up, log-in, log-out, password change and the demo accounts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from django.contrib.auth.models import User
+from django.core.management import call_command
+from django.test import Client
+from factories import PASSWORD, UserFactory
+from pytest_django.fixtures import Settings as SettingsWrapper
+
+from feedback.roles import Role, roles_of
+from feedback.services.accounts import do_ensure_demo_accounts
+
+pytestmark = pytest.mark.django_db
+
+
+def test_sign_up_gives_the_user_role(client: Client) -> None:
+    response = client.post(
+        "/signup/",
+        {"username": "newcomer", "email": "", "password1": PASSWORD, "password2": PASSWORD},
+    )
+    assert response.status_code == 302
+    user = User.objects.get(username="newcomer")
+    assert roles_of(user) == {Role.USER}
+    assert client.get("/").status_code == 200  # signed in right away
+
+
+def test_sign_up_rejects_a_weak_password(client: Client) -> None:
+    response = client.post("/signup/", {"username": "weak", "password1": "123", "password2": "123"})
+    assert response.status_code == 200
+    assert not User.objects.filter(username="weak").exists()
+    assert "too short" in response.content.decode()
+
+
+def test_sign_up_can_be_switched_off(client: Client, settings: SettingsWrapper) -> None:
+    settings.SIGNUP_ENABLED = False
+    assert client.get("/signup/").status_code == 404
+    assert client.post("/signup/", {"username": "x"}).status_code == 404
+    assert "/signup/" not in client.get("/accounts/login/").content.decode()
+
+
+def test_login_logout_and_password_change(client: Client) -> None:
+    user = UserFactory(username="alice")
+    response = client.post("/accounts/login/", {"username": "alice", "password": PASSWORD})
+    assert response.status_code == 302 and response["Location"] == "/"
+    response = client.post(
+        "/accounts/password/",
+        {
+            "old_password": PASSWORD,
+            "new_password1": "an0ther-long-phrase",
+            "new_password2": "an0ther-long-phrase",
+        },
+    )
+    assert response.status_code == 302
+    user.refresh_from_db()
+    assert user.check_password("an0ther-long-phrase")
+    assert client.post("/accounts/logout/").status_code == 302
+    assert client.get("/").status_code == 302
+
+
+def test_demo_accounts_created_once(tmp_path: Path) -> None:
+    created = do_ensure_demo_accounts(var_dir=tmp_path)
+    assert {a.username for a in created} == {"admin", "annotator", "user"}
+    stored = json.loads((tmp_path / "demo-accounts.json").read_text())
+    assert oct((tmp_path / "demo-accounts.json").stat().st_mode & 0o777) == "0o600"
+    for account in created:
+        user = User.objects.get(username=account.username)
+        assert user.check_password(stored[account.username]["password"])
+        assert Role(account.role) in roles_of(user)
+    assert User.objects.get(username="admin").is_superuser
+    assert do_ensure_demo_accounts(var_dir=tmp_path) == []
+
+
+def test_bootstrap_command_prints_passwords_once(
+    tmp_path: Path, settings: SettingsWrapper, capsys: pytest.CaptureFixture[str]
+) -> None:
+    settings.VAR_DIR = tmp_path
+    call_command("bootstrap_demo")
+    first = capsys.readouterr().out
+    password = json.loads((tmp_path / "demo-accounts.json").read_text())["user"]["password"]
+    assert password in first
+    call_command("bootstrap_demo")
+    second = capsys.readouterr().out
+    assert password not in second and "already exist" in second

@@ -4,8 +4,10 @@ import os
 import socket
 
 from celery import shared_task
+from django.conf import settings
 from django.utils import timezone
 
+from feedback.services.chat import do_sweep_open_answers
 from feedback.services.housekeeping import do_clear_expired_sessions
 
 
@@ -24,3 +26,8 @@ def ping(payload: str) -> dict[str, str | int]:
         "worker_pid": os.getpid(),
         "worker_host": socket.gethostname(),
     }
+
+
+@shared_task(name="feedback.tasks.sweep_open_answers")
+def sweep_open_answers() -> int:
+    return do_sweep_open_answers(stale_after_s=settings.STALE_ANSWER_S)

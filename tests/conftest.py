@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 from servicekit import need_service, port_open
+from tiny_policy import build_tiny_policy
 
 
 @pytest.fixture
@@ -20,3 +22,9 @@ def postgres_only(settings: object) -> None:
     from django.db import connection
 
     need_service("PostgreSQL (DATABASE_URL)", connection.vendor == "postgresql")
+
+
+@pytest.fixture(scope="session")
+def tiny_policy_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real (tiny) policy checkpoint, built once per test run."""
+    return build_tiny_policy(tmp_path_factory.mktemp("policy") / "tiny-v1")

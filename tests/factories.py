@@ -7,6 +7,7 @@ from typing import Any
 import factory
 from django.contrib.auth.models import User
 
+from feedback.models import Conversation, Persona
 from feedback.roles import Role
 from feedback.services.accounts import do_set_roles
 
@@ -26,3 +27,19 @@ class UserFactory(factory.django.DjangoModelFactory[User]):
     def role(self, create: bool, extracted: Role | None, **kwargs: Any) -> None:
         if create:
             do_set_roles(user=self, roles={extracted or Role.USER})
+
+
+class PersonaFactory(factory.django.DjangoModelFactory[Persona]):
+    class Meta:
+        model = Persona
+
+    name = factory.Sequence(lambda n: f"Persona {n}")
+    system_prompt = "You are a helpful assistant."
+
+
+class ConversationFactory(factory.django.DjangoModelFactory[Conversation]):
+    class Meta:
+        model = Conversation
+
+    owner = factory.SubFactory(UserFactory)
+    title = "New conversation"

@@ -138,7 +138,7 @@ if REDIS_URL:
         }
     }
 else:
-    for sub in ("queue", "processed", "results"):
+    for sub in ("queue", "processed", "results", "control"):
         (CELERY_DATA_DIR / sub).mkdir(parents=True, exist_ok=True)
     CELERY_BROKER_URL = "filesystem://"
     CELERY_RESULT_BACKEND = f"file://{CELERY_DATA_DIR / 'results'}"
@@ -147,6 +147,7 @@ else:
         "data_folder_out": str(CELERY_DATA_DIR / "queue"),
         "processed_folder": str(CELERY_DATA_DIR / "processed"),
         "store_processed": False,
+        "control_folder": str(CELERY_DATA_DIR / "control"),
     }
     CACHES = {
         "default": {
@@ -172,7 +173,11 @@ CELERY_BEAT_SCHEDULE = {
     "clear-expired-sessions": {
         "task": "feedback.tasks.clear_expired_sessions",
         "schedule": timedelta(hours=6),
-    }
+    },
+    "sweep-open-answers": {
+        "task": "feedback.tasks.sweep_open_answers",
+        "schedule": timedelta(minutes=1),
+    },
 }
 
 # --- Auth -----------------------------------------------------------------------------------
@@ -261,6 +266,23 @@ USE_TZ = True
 # --- Models and inference -------------------------------------------------------------------
 MODEL_DIR = Path(env.str("MODEL_DIR", default=str(BASE_DIR / "models")))
 TORCH_DEVICE: str = env.str("TORCH_DEVICE", default="cpu")
+# The policy served in this process when no INFERENCE_URL is set.
+POLICY_DIR = Path(env.str("POLICY_DIR", default=str(MODEL_DIR / "base")))
+# An OpenAI-compatible engine (python -m model_runtime serve) to use instead of the in-process one.
+INFERENCE_URL: str = env.str("INFERENCE_URL", default="")
+INFERENCE_API_KEY: str = env.str("INFERENCE_API_KEY", default="")
+INFERENCE_TIMEOUT_S = env.float("INFERENCE_TIMEOUT_S", default=120.0)
+INFERENCE_CONTEXT_LENGTH = env.int("INFERENCE_CONTEXT_LENGTH", default=512)
+ENGINE_MAX_BATCH = env.int("ENGINE_MAX_BATCH", default=16)
+ENGINE_MAX_QUEUE = env.int("ENGINE_MAX_QUEUE", default=64)
+
+# Answer streams: how often progress is saved and the stop flag read, and how long an answer
+# keeps being written after its page went away (a reconnect within that time picks it up).
+STREAM_FLUSH_S = env.float("STREAM_FLUSH_S", default=0.5)
+STREAM_STOP_CHECK_S = env.float("STREAM_STOP_CHECK_S", default=0.25)
+STREAM_RECONNECT_GRACE_S = env.float("STREAM_RECONNECT_GRACE_S", default=15.0)
+# An open answer with no progress for this long was left by a process that died.
+STALE_ANSWER_S = env.float("STALE_ANSWER_S", default=120.0)
 
 SITE_NAME = "palmloop"
 

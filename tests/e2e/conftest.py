@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from servicekit import PYTHON, ROOT, clean_env, database_url_for_children, free_port, need_service
+from servicekit import clean_env, database_url_for_children, need_service, uvicorn_server
+from tiny_policy import build_tiny_policy
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -28,50 +26,31 @@ CHROMIUM_ARGS = [
 os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
 
 
+@pytest.fixture(scope="session")
+def browser_policy_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Bigger than the unit tests' policy, so a long answer lasts long enough to be stopped."""
+    return build_tiny_policy(
+        tmp_path_factory.mktemp("policy") / "e2e-v1", dim=128, depth=4, max_seq_len=2048
+    )
+
+
 @pytest.fixture
-def live_url(postgres_only: None, transactional_db: None, tmp_path: Path) -> Iterator[str]:
+def live_url(
+    postgres_only: None, transactional_db: None, tmp_path: Path, browser_policy_dir: Path
+) -> Iterator[str]:
     """uvicorn serving the app against this test run's database; yields its base URL."""
-    port = free_port()
     env = clean_env(
         VAR_DIR=str(tmp_path / "var"),
         DATABASE_URL=database_url_for_children(),
         DEBUG="1",
         AXES_FAILURE_LIMIT="50",
+        POLICY_DIR=str(browser_policy_dir),
+        OMP_NUM_THREADS="1",
     )
     if os.environ.get("REDIS_URL"):
         env["REDIS_URL"] = os.environ["REDIS_URL"]
-    log = open(tmp_path / "uvicorn.log", "w")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(
-        [
-            PYTHON,
-            "-m",
-            "uvicorn",
-            "webapp.asgi:application",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            with urllib.request.urlopen(f"{base}/healthz", timeout=2):
-                break
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                log.close()
-                raise RuntimeError((tmp_path / "uvicorn.log").read_text()) from None
-            time.sleep(0.3)
-    yield base
-    proc.terminate()
-    proc.wait(timeout=20)
-    log.close()
+    with uvicorn_server(tmp_path / "uvicorn.log", env) as base:
+        yield base
 
 
 @pytest.fixture

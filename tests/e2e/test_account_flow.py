@@ -22,7 +22,7 @@ def test_sign_up_log_in_navigation_log_out(page: Page) -> None:
     page.get_by_role("button", name="Sign up").click()
     expect(page.get_by_role("heading", name="Welcome, dana")).to_be_visible()
     nav = page.get_by_role("navigation", name="Main")
-    expect(nav.get_by_role("link", name="Home")).to_be_visible()
+    expect(nav.get_by_role("link", name="Chat")).to_be_visible()
     expect(nav.get_by_role("link", name="Annotate")).to_have_count(0)
     expect(nav.get_by_role("link", name="Training & models")).to_have_count(0)
     assert User.objects.get(username="dana").groups.filter(name="user").exists()

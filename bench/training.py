@@ -1,0 +1,350 @@
+"""Training speed: palmloop's trainer step against HF GPT-NeoX and palm-rlhf-pytorch.
+
+Three contenders at ~10M and ~40M parameters (vocab 8192, head dim 64), randomly initialised
+with the same width and depth, trained on random tokens at batch 8 x sequence 256, in one run:
+
+- **ours**: the trainer's own step (``model_runtime.training.step``): ``CausalLMLoss`` (bf16
+  autocast over the trunk, the output projection and cross-entropy a block of rows at a time),
+  AdamW with the trainer's parameter groups, gradient clipping at 1.0; ``torch.compile`` when
+  ``--compile on`` (the trainer's ``"compile": true``).
+- **hf**: ``transformers`` ``GPTNeoXForCausalLM`` (parallel residual, full rotary, SDPA, tied
+  embeddings, ``intermediate_size = 5 * dim`` so its 4 D^2 attention + 10 D^2 MLP match PaLM's
+  14 D^2 per block, as in ``bench/generation.py``); loss from its logits.
+- **palm_rlhf**: PyPI ``palm-rlhf-pytorch``'s ``PaLM`` (the seed's model) with
+  ``flash_attn=True`` (SDPA; its default einsum attention was slower here); loss from its logits.
+
+Every contender runs the same loop: bf16 ``torch.autocast``, mean next-token cross-entropy in
+float32, ``backward``, ``clip_grad_norm_(1.0)``, ``AdamW.step`` (same groups and settings),
+``zero_grad``. Each contender is warmed up, then timed over ``--steps`` steps per round for
+``--rounds`` rounds, the contenders interleaved so that load from other processes hits them
+alike; a figure is the best round (tokens/s = batch * sequence / seconds per step).
+
+MFU = 6 * N * tokens/s / peak, with N the parameters that take part in matmuls (all of them for
+the tied-embedding models here; the attention-score FLOPs are not counted, as in the 6N rule)
+and peak the best bf16 matmul rate measured here at the same thread count.
+
+Run from the repository root::
+
+    .venv/bin/python bench/training.py                  # 10M and 40M, eager and compiled
+    .venv/bin/python bench/training.py --quick          # 10M only, fewer steps
+    .venv/bin/python bench/training.py --compile off    # skip torch.compile (minutes saved)
+
+The last line printed is one JSON object with every figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from model_runtime.config import PaLMConfig
+from model_runtime.palm import PaLM
+from model_runtime.training.step import CausalLMLoss, build_adamw
+
+VOCAB = 8192
+DIM_HEAD = 64
+BATCH = 8
+SEQ = 256
+LR = 3e-4
+TARGET_RATIO = 1.3
+TARGET_MFU = 0.75
+
+
+@dataclass(frozen=True)
+class Size:
+    name: str
+    dim: int
+    depth: int
+
+    @property
+    def heads(self) -> int:
+        return self.dim // DIM_HEAD
+
+
+SIZES = (Size("10M", dim=256, depth=8), Size("40M", dim=512, depth=10))
+
+
+@dataclass
+class Contender:
+    """A model and the loss of one batch; ``step()`` runs one full optimizer step."""
+
+    name: str
+    label: str
+    params: int  # distinct parameters
+    matmul_params: int  # parameters that multiply activations (N of the 6N rule)
+    step: Callable[[], float]
+
+
+def _training_step(
+    module: nn.Module,
+    loss_of: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor],
+    params_of: nn.Module,
+    inputs: torch.Tensor,
+    labels: torch.Tensor,
+) -> Callable[[], float]:
+    optimizer = build_adamw(params_of, lr=LR, weight_decay=0.1)
+    params = [p for p in params_of.parameters() if p.requires_grad]
+
+    def step() -> float:
+        loss = loss_of(module, inputs, labels)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return float(loss.detach())
+
+    return step
+
+
+def _logits_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1))
+
+
+def build_ours(
+    size: Size, inputs: torch.Tensor, labels: torch.Tensor, *, compile_model: bool
+) -> Contender:
+    config = PaLMConfig(
+        vocab_size=VOCAB,
+        dim=size.dim,
+        depth=size.depth,
+        heads=size.heads,
+        dim_head=DIM_HEAD,
+        max_seq_len=SEQ,
+    )
+    model = PaLM(config).train()
+    module: nn.Module = CausalLMLoss(model, "bf16")
+    if compile_model:
+        module = torch.compile(module)  # type: ignore[assignment]
+    count = labels.numel()
+
+    def loss_of(m: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        summed: torch.Tensor = m(x, y)
+        return summed / count  # the trainer divides by the step's labelled positions
+
+    params = model.num_parameters()
+    name = "ours_compiled" if compile_model else "ours"
+    label = "palmloop trainer" + (" (torch.compile)" if compile_model else "")
+    return Contender(
+        name, label, params, params, _training_step(module, loss_of, model, inputs, labels)
+    )
+
+
+def build_hf(size: Size, inputs: torch.Tensor, labels: torch.Tensor) -> Contender:
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    config = GPTNeoXConfig(
+        vocab_size=VOCAB,
+        hidden_size=size.dim,
+        num_hidden_layers=size.depth,
+        num_attention_heads=size.heads,
+        intermediate_size=5 * size.dim,
+        max_position_embeddings=SEQ,
+        rope_parameters={
+            "rope_type": "default",
+            "rope_theta": 10000.0,
+            "partial_rotary_factor": 1.0,
+        },
+        use_parallel_residual=True,
+        attention_bias=False,
+        tie_word_embeddings=True,
+        use_cache=False,
+        bos_token_id=None,
+        eos_token_id=None,
+        pad_token_id=0,
+    )
+    model = GPTNeoXForCausalLM._from_config(config, attn_implementation="sdpa").train()
+
+    def loss_of(m: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logits = m(input_ids=x, use_cache=False).logits
+        return _logits_loss(logits, y)
+
+    params = sum(p.numel() for p in model.parameters())
+    return Contender(
+        "hf", "HF GPT-NeoX", params, params, _training_step(model, loss_of, model, inputs, labels)
+    )
+
+
+def build_palm_rlhf(size: Size, inputs: torch.Tensor, labels: torch.Tensor) -> Contender:
+    import warnings
+
+    from palm_rlhf_pytorch import PaLM as SeedPaLM
+
+    warnings.filterwarnings("ignore", category=FutureWarning)  # its sdp_kernel context
+    model = SeedPaLM(
+        num_tokens=VOCAB,
+        dim=size.dim,
+        depth=size.depth,
+        heads=size.heads,
+        dim_head=DIM_HEAD,
+        flash_attn=True,
+    ).train()
+
+    def loss_of(m: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logits = m(x)
+        return _logits_loss(logits, y)
+
+    params = sum(p.numel() for p in model.parameters())
+    return Contender(
+        "palm_rlhf",
+        "palm-rlhf-pytorch",
+        params,
+        params,
+        _training_step(model, loss_of, model, inputs, labels),
+    )
+
+
+def matmul_peak(repeats: int = 5) -> dict[str, float]:
+    """Best bf16 matmul GFLOP/s over a few square sizes (and float32 for reference)."""
+    out: dict[str, float] = {}
+    for dtype, key in ((torch.bfloat16, "bf16"), (torch.float32, "fp32")):
+        best = 0.0
+        for n in (1024, 2048, 3072):
+            a = torch.randn(n, n, dtype=dtype)
+            b = torch.randn(n, n, dtype=dtype)
+            a @ b
+            for _ in range(repeats):
+                start = time.perf_counter()
+                a @ b
+                best = max(best, 2 * n**3 / (time.perf_counter() - start) / 1e9)
+        out[key] = best
+    return out
+
+
+def measure(
+    contenders: list[Contender], *, warmup: int, steps: int, rounds: int
+) -> dict[str, dict[str, Any]]:
+    """Best-round seconds per step of each contender (interleaved rounds)."""
+    results: dict[str, dict[str, Any]] = {}
+    for contender in contenders:
+        start = time.perf_counter()
+        losses = [contender.step() for _ in range(warmup)]
+        results[contender.name] = {
+            "warmup_s": time.perf_counter() - start,
+            "first_loss": losses[0],
+            "best_step_s": float("inf"),
+            "rounds_s": [],
+        }
+    for _ in range(rounds):
+        for contender in contenders:
+            start = time.perf_counter()
+            for _ in range(steps):
+                contender.step()
+            seconds = (time.perf_counter() - start) / steps
+            entry = results[contender.name]
+            entry["rounds_s"].append(seconds)
+            entry["best_step_s"] = min(entry["best_step_s"], seconds)
+    return results
+
+
+def run_size(size: Size, args: argparse.Namespace, peak_gflops: float) -> dict[str, dict[str, Any]]:
+    torch.manual_seed(0)
+    tokens = torch.randint(0, VOCAB, (BATCH, SEQ + 1))
+    inputs, labels = tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous()
+    builders: list[Callable[[], Contender]] = [
+        lambda: build_ours(size, inputs, labels, compile_model=False),
+        lambda: build_hf(size, inputs, labels),
+        lambda: build_palm_rlhf(size, inputs, labels),
+    ]
+    if args.compile == "on":
+        builders.insert(1, lambda: build_ours(size, inputs, labels, compile_model=True))
+    contenders = []
+    for build in builders:
+        torch.manual_seed(0)
+        contenders.append(build())
+    results = measure(contenders, warmup=args.warmup, steps=args.steps, rounds=args.rounds)
+    for contender in contenders:
+        entry = results[contender.name]
+        tokens_per_s = BATCH * SEQ / entry["best_step_s"]
+        flops = 6 * contender.matmul_params * tokens_per_s
+        entry.update(
+            label=contender.label,
+            params=contender.params,
+            matmul_params=contender.matmul_params,
+            tokens_per_s=tokens_per_s,
+            model_gflops=flops / 1e9,
+            mfu=flops / (peak_gflops * 1e9),
+        )
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="10M only, fewer steps")
+    parser.add_argument("--sizes", default=None, help="comma list of 10M,40M")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=None, help="timed steps per round")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--compile", choices=("on", "off"), default="on")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    names = ["10M"] if args.quick else [s.name for s in SIZES]
+    if args.sizes:
+        names = args.sizes.split(",")
+    if args.steps is None:
+        args.steps = 2 if args.quick else 4
+    if args.quick:
+        args.rounds = min(args.rounds, 2)
+
+    peak = matmul_peak()
+    print(
+        f"torch {torch.__version__}, {args.threads} threads, {platform.processor() or 'cpu'}; "
+        f"matmul peak bf16 {peak['bf16']:.0f} GFLOP/s, fp32 {peak['fp32']:.0f} GFLOP/s"
+    )
+    figures: dict[str, Any] = {
+        "torch": torch.__version__,
+        "threads": args.threads,
+        "batch": BATCH,
+        "seq": SEQ,
+        "peak_bf16_gflops": peak["bf16"],
+        "peak_fp32_gflops": peak["fp32"],
+        "sizes": {},
+    }
+    for size in SIZES:
+        if size.name not in names:
+            continue
+        results = run_size(size, args, peak["bf16"])
+        print(f"\n{size.name}: dim {size.dim}, depth {size.depth}, heads {size.heads}")
+        for name, entry in results.items():
+            print(
+                f"  {entry['label']:<32} {entry['params'] / 1e6:6.2f}M params  "
+                f"{entry['tokens_per_s']:8.0f} tok/s  MFU {entry['mfu']:.2f}  "
+                f"(warmup {entry['warmup_s']:.1f} s, rounds "
+                + ", ".join(f"{s * 1000:.0f}" for s in entry["rounds_s"])
+                + " ms/step)"
+            )
+        best_ours = max(
+            (e["tokens_per_s"] for n, e in results.items() if n.startswith("ours")), default=0.0
+        )
+        ratios = {peer: best_ours / results[peer]["tokens_per_s"] for peer in ("hf", "palm_rlhf")}
+        ours_mfu = max(e["mfu"] for n, e in results.items() if n.startswith("ours"))
+        print(
+            f"  ours (best) vs hf {ratios['hf']:.2f}x, vs palm-rlhf {ratios['palm_rlhf']:.2f}x "
+            f"(target {TARGET_RATIO}x); MFU {ours_mfu:.2f} (target {TARGET_MFU})"
+        )
+        figures["sizes"][size.name] = {
+            "contenders": {
+                name: {k: v for k, v in entry.items() if k != "label"}
+                for name, entry in results.items()
+            },
+            "ours_best_tokens_per_s": best_ours,
+            "ratio_vs_hf": ratios["hf"],
+            "ratio_vs_palm_rlhf": ratios["palm_rlhf"],
+            "ours_best_mfu": ours_mfu,
+        }
+    print(json.dumps(figures))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""How the web side asks a policy for answers: the engine in this process, or a remote one."""

@@ -1,0 +1,251 @@
+"""Writing an answer: one run per answer in the web process, watched by any number of streams.
+
+A run is started by the first stream that connects to a pending answer. It keeps going while
+the page reconnects (the new stream first receives everything written so far), and stops when
+the user presses stop, when the answer is complete, or when no page has watched it for
+``STREAM_RECONNECT_GRACE_S`` seconds. Progress is saved to the database every
+``STREAM_FLUSH_S`` seconds, so a stream served by another web process can follow it too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import aclosing
+from dataclasses import dataclass, field
+from typing import Literal
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.core.cache import cache
+
+from feedback.inference.base import (
+    ChatGenerationRequest,
+    ChatTurn,
+    GenerationFinished,
+    InferenceBusy,
+    InferenceClient,
+    InferenceUnavailable,
+    PromptTooLong,
+)
+from feedback.models import Message, MessageStatus
+from feedback.services.chat import (
+    ChatInputError,
+    do_finish_answer,
+    do_save_partial_answer,
+    do_start_answer,
+)
+from feedback.services.chat_tree import path_to
+from feedback.services.history import HistoryTurn, fit_history
+
+log = logging.getLogger(__name__)
+
+EventKind = Literal["reset", "token", "done"]
+BUSY_MESSAGE = "The model is busy right now; try again in a moment."
+
+
+@dataclass(frozen=True)
+class StreamEvent:
+    kind: EventKind
+    text: str = ""
+
+
+def stop_key(answer_id: int) -> str:
+    return f"palmloop:stop-answer:{answer_id}"
+
+
+def request_stop(answer_id: int) -> None:
+    """Ask whichever process runs this answer to stop it (the cache is shared)."""
+    cache.set(stop_key(answer_id), 1, timeout=3600)
+
+
+@dataclass
+class AnswerRun:
+    answer_id: int
+    content: str = ""
+    finished: bool = False
+    watchers: set[asyncio.Queue[StreamEvent]] = field(default_factory=set)
+    task: asyncio.Task[None] | None = None
+    last_watched: float = field(default_factory=time.monotonic)
+
+    def publish(self, event: StreamEvent) -> None:
+        for queue in self.watchers:
+            queue.put_nowait(event)
+
+    async def watch(self) -> AsyncIterator[StreamEvent]:
+        queue: asyncio.Queue[StreamEvent] = asyncio.Queue()
+        self.watchers.add(queue)
+        try:
+            yield StreamEvent("reset", self.content)
+            if self.finished:
+                yield StreamEvent("done")
+                return
+            while True:
+                event = await queue.get()
+                yield event
+                if event.kind == "done":
+                    return
+        finally:
+            self.watchers.discard(queue)
+            self.last_watched = time.monotonic()
+
+
+_runs: dict[int, AnswerRun] = {}
+
+
+def _load(answer_id: int) -> tuple[Message, list[Message]]:
+    answer = Message.objects.select_related("conversation").get(pk=answer_id)
+    return answer, path_to(answer)
+
+
+ClientFactory = Callable[[], InferenceClient]
+
+
+async def watch_answer(answer_id: int, client: ClientFactory) -> AsyncIterator[StreamEvent]:
+    """Events for one page: everything so far, then new pieces, then "done".
+
+    ``client`` is called only when this process has to write the answer (loading a policy is
+    slow and may fail; a failure closes the answer with the reason).
+    """
+    run = _runs.get(answer_id)
+    if run is None:
+        answer = await Message.objects.aget(pk=answer_id)
+        if answer.status == MessageStatus.PENDING:
+            run = _start(answer_id, client)
+        elif answer.status == MessageStatus.STREAMING:
+            async with aclosing(_follow_from_database(answer_id)) as followed:
+                async for event in followed:
+                    yield event
+            return
+        else:
+            yield StreamEvent("reset", answer.content)
+            yield StreamEvent("done")
+            return
+    async with aclosing(run.watch()) as events:
+        async for event in events:
+            yield event
+
+
+def _start(answer_id: int, client: ClientFactory) -> AnswerRun:
+    run = AnswerRun(answer_id)
+    _runs[answer_id] = run
+    run.task = asyncio.get_running_loop().create_task(_write_answer(run, client))
+    return run
+
+
+async def _follow_from_database(answer_id: int) -> AsyncIterator[StreamEvent]:
+    """A run in another process: stream its saved progress until it closes."""
+    sent = ""
+    yield StreamEvent("reset", sent)
+    while True:
+        answer = await Message.objects.aget(pk=answer_id)
+        if answer.content.startswith(sent) and len(answer.content) > len(sent):
+            yield StreamEvent("token", answer.content[len(sent) :])
+            sent = answer.content
+        elif not answer.content.startswith(sent):
+            sent = answer.content
+            yield StreamEvent("reset", sent)
+        if not answer.is_open:
+            yield StreamEvent("done")
+            return
+        await asyncio.sleep(settings.STREAM_FLUSH_S)
+
+
+async def _should_stop(run: AnswerRun) -> str:
+    """Why the run must stop now, or "" to go on."""
+    if await cache.aget(stop_key(run.answer_id)):
+        return "stopped"
+    idle = time.monotonic() - run.last_watched
+    if not run.watchers and idle > settings.STREAM_RECONNECT_GRACE_S:
+        return "page closed"
+    return ""
+
+
+async def _write_answer(run: AnswerRun, client_factory: ClientFactory) -> None:
+    started = time.monotonic()
+    first_token_ms: int | None = None
+    finished: GenerationFinished | None = None
+    status, error, reason = MessageStatus.COMPLETE, "", ""
+    try:
+        answer, path = await sync_to_async(_load)(run.answer_id)
+        client = await sync_to_async(client_factory, thread_sensitive=False)()
+        conversation = answer.conversation
+        history = [HistoryTurn(m.role, m.content) for m in path[:-1]]
+        fitted = fit_history(
+            conversation.system_prompt,
+            history,
+            count_tokens=lambda turns: client.count_tokens(
+                [ChatTurn(t.role, t.content) for t in turns]
+            ),
+            context_length=client.context_length(),
+            max_new_tokens=int(answer.sampling_params.get("max_new_tokens", 256)),
+        )
+        request = ChatGenerationRequest(
+            messages=[ChatTurn(t.role, t.content) for t in fitted.messages],
+            temperature=float(answer.sampling_params.get("temperature", 0.7)),
+            max_new_tokens=int(answer.sampling_params.get("max_new_tokens", 256)),
+            user=str(conversation.owner_id),
+        )
+        if not await sync_to_async(do_start_answer)(
+            answer_id=run.answer_id, model_version="", dropped_turns=fitted.dropped_turns
+        ):
+            return  # stopped before it started
+        last_flush = last_check = time.monotonic()
+        stream = client.stream_chat(request)
+        try:
+            async for item in stream:
+                if isinstance(item, GenerationFinished):
+                    finished = item
+                    continue
+                if first_token_ms is None:
+                    first_token_ms = int((time.monotonic() - started) * 1000)
+                run.content += item
+                run.publish(StreamEvent("token", item))
+                now = time.monotonic()
+                if now - last_check >= settings.STREAM_STOP_CHECK_S:
+                    last_check = now
+                    reason = await _should_stop(run)
+                    if reason:
+                        status = MessageStatus.CANCELLED
+                        break
+                if now - last_flush >= settings.STREAM_FLUSH_S:
+                    last_flush = now
+                    await sync_to_async(do_save_partial_answer)(
+                        answer_id=run.answer_id, content=run.content
+                    )
+        finally:
+            await stream.aclose()  # type: ignore[attr-defined]
+    except (ChatInputError, PromptTooLong) as exc:
+        status, error = MessageStatus.FAILED, str(exc)
+    except InferenceBusy:
+        status, error = MessageStatus.FAILED, BUSY_MESSAGE
+    except InferenceUnavailable as exc:
+        status, error = MessageStatus.FAILED, f"The model is unavailable: {exc}"
+    except asyncio.CancelledError:
+        status, error = MessageStatus.FAILED, "interrupted: the server is shutting down"
+        raise
+    except Exception:
+        log.exception("answer %s failed", run.answer_id)
+        status, error = MessageStatus.FAILED, "The answer failed because of a server error."
+    finally:
+        await sync_to_async(do_finish_answer)(
+            answer_id=run.answer_id,
+            status=status,
+            content=run.content,
+            finish_reason=reason or (finished.finish_reason if finished else ""),
+            prompt_tokens=finished.prompt_tokens if finished else None,
+            completion_tokens=finished.completion_tokens if finished else None,
+            first_token_ms=first_token_ms,
+            latency_ms=int((time.monotonic() - started) * 1000),
+            error=error,
+        )
+        if finished is not None:
+            await Message.objects.filter(pk=run.answer_id).aupdate(
+                model_version=finished.model_version[:80]
+            )
+        run.finished = True
+        run.publish(StreamEvent("done"))
+        _runs.pop(run.answer_id, None)
+        await cache.adelete(stop_key(run.answer_id))

@@ -1,0 +1,231 @@
+"""Chat pages: the conversation list and the conversation, with htmx partials for each action.
+
+Every view that takes an id looks it up through ``conversations_of(request.user)``, so another
+user's conversation or message is a 404.
+"""
+
+from __future__ import annotations
+
+from django.contrib import messages as flash
+from django.core.paginator import Paginator
+from django.db.models import Q
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.template.loader import render_to_string
+from django.urls import reverse
+from django.views.decorators.http import require_GET, require_POST
+from django_htmx.http import HttpResponseClientRedirect
+from django_ratelimit.core import is_ratelimited
+
+from feedback.models import ChatLimits, Conversation, Message, MessageRole, Persona
+from feedback.roles import Role, role_required
+from feedback.services.answer_runs import request_stop
+from feedback.services.chat import (
+    ChatInputError,
+    conversations_of,
+    do_cancel_answer,
+    do_delete_conversation,
+    do_edit_user_message,
+    do_regenerate,
+    do_rename_conversation,
+    do_send_message,
+    do_show_message,
+    do_start_conversation,
+    do_update_sampling,
+)
+from feedback.services.chat_tree import active_path, sibling_position
+
+
+def _conversation(request: HttpRequest, conversation_id: int) -> Conversation:
+    return get_object_or_404(conversations_of(request.user), pk=conversation_id)  # type: ignore[arg-type]
+
+
+def _message(request: HttpRequest, conversation_id: int, message_id: int) -> Message:
+    conversation = _conversation(request, conversation_id)
+    return get_object_or_404(Message, pk=message_id, conversation=conversation)
+
+
+def _thread_context(conversation: Conversation, error: str = "") -> dict[str, object]:
+    path = active_path(conversation)
+    entries = [{"message": m, "siblings": sibling_position(m)} for m in path]
+    dropped = next((m.dropped_turns for m in reversed(path) if m.role == "assistant"), 0)
+    return {
+        "conversation": conversation,
+        "entries": entries,
+        "dropped_turns": dropped,
+        "error": error,
+        "answering": any(m.is_open for m in path),
+        "limits": ChatLimits.current(),
+    }
+
+
+def _thread(request: HttpRequest, conversation: Conversation, error: str = "") -> HttpResponse:
+    """The message thread alone for htmx, or the whole page otherwise."""
+    if request.htmx:
+        context = _thread_context(conversation, error)
+        thread = render_to_string("feedback/chat.html#thread", context, request)
+        # The title may have changed (a first message names the conversation): out of band.
+        title = render_to_string("feedback/chat.html#title", {**context, "oob": True}, request)
+        return HttpResponse(thread + title, status=400 if error else 200)
+    if error:
+        flash.error(request, error)
+    return redirect("chat", conversation_id=conversation.pk)
+
+
+@role_required(Role.USER)
+@require_GET
+def conversation_list(request: HttpRequest) -> HttpResponse:
+    query = request.GET.get("q", "").strip()[:200]
+    conversations = conversations_of(request.user)  # type: ignore[arg-type]
+    if query:
+        conversations = conversations.filter(
+            Q(title__icontains=query) | Q(messages__content__icontains=query)
+        ).distinct()
+    page = Paginator(conversations, 30).get_page(request.GET.get("page"))
+    context = {
+        "page": page,
+        "query": query,
+        "personas": Persona.objects.filter(is_active=True),
+    }
+    template = "feedback/conversations.html"
+    if request.htmx and request.htmx.target == "conversation-list":
+        template += "#list"
+    return render(request, template, context)
+
+
+@role_required(Role.USER)
+@require_POST
+def conversation_new(request: HttpRequest) -> HttpResponse:
+    persona = None
+    if persona_id := request.POST.get("persona"):
+        persona = Persona.objects.filter(is_active=True, pk=persona_id).first()
+    conversation = do_start_conversation(owner=request.user, persona=persona)  # type: ignore[arg-type]
+    url = reverse("chat", kwargs={"conversation_id": conversation.pk})
+    return HttpResponseClientRedirect(url) if request.htmx else redirect(url)
+
+
+@role_required(Role.USER)
+@require_GET
+def chat(request: HttpRequest, conversation_id: int) -> HttpResponse:
+    conversation = _conversation(request, conversation_id)
+    recent = conversations_of(request.user)[:20]  # type: ignore[arg-type]
+    return render(
+        request,
+        "feedback/chat.html",
+        {**_thread_context(conversation), "recent": recent},
+    )
+
+
+def _rate_limited(request: HttpRequest) -> bool:
+    per_minute = ChatLimits.current().messages_per_minute
+    return is_ratelimited(
+        request, group="chat-send", key="user", rate=f"{per_minute}/m", increment=True
+    )
+
+
+@role_required(Role.USER)
+@require_POST
+def send(request: HttpRequest, conversation_id: int) -> HttpResponse:
+    conversation = _conversation(request, conversation_id)
+    if _rate_limited(request):
+        return _thread(request, conversation, "You are sending too fast; wait a minute.")
+    try:
+        do_send_message(conversation=conversation, text=request.POST.get("text", ""))
+    except ChatInputError as exc:
+        return _thread(request, conversation, str(exc))
+    conversation.refresh_from_db()
+    return _thread(request, conversation)
+
+
+@role_required(Role.USER)
+@require_POST
+def regenerate(request: HttpRequest, conversation_id: int, message_id: int) -> HttpResponse:
+    answer = _message(request, conversation_id, message_id)
+    if _rate_limited(request):
+        return _thread(request, answer.conversation, "You are sending too fast; wait a minute.")
+    try:
+        do_regenerate(answer=answer)
+    except ChatInputError as exc:
+        return _thread(request, answer.conversation, str(exc))
+    answer.conversation.refresh_from_db()
+    return _thread(request, answer.conversation)
+
+
+@role_required(Role.USER)
+@require_POST
+def edit(request: HttpRequest, conversation_id: int, message_id: int) -> HttpResponse:
+    message = _message(request, conversation_id, message_id)
+    if _rate_limited(request):
+        return _thread(request, message.conversation, "You are sending too fast; wait a minute.")
+    try:
+        do_edit_user_message(message=message, text=request.POST.get("text", ""))
+    except ChatInputError as exc:
+        return _thread(request, message.conversation, str(exc))
+    message.conversation.refresh_from_db()
+    return _thread(request, message.conversation)
+
+
+@role_required(Role.USER)
+@require_POST
+def show(request: HttpRequest, conversation_id: int, message_id: int) -> HttpResponse:
+    """Switch to a sibling (``< 2/3 >``): the branch through that message goes on screen."""
+    message = _message(request, conversation_id, message_id)
+    conversation = do_show_message(message=message)
+    return _thread(request, conversation)
+
+
+@role_required(Role.USER)
+@require_POST
+def stop(request: HttpRequest, conversation_id: int, message_id: int) -> HttpResponse:
+    answer = _message(request, conversation_id, message_id)
+    if answer.role == MessageRole.ASSISTANT and answer.is_open:
+        request_stop(answer.pk)
+        do_cancel_answer(answer=answer)
+    if request.htmx:
+        return HttpResponse(status=204)
+    return redirect("chat", conversation_id=conversation_id)
+
+
+@role_required(Role.USER)
+@require_POST
+def rename(request: HttpRequest, conversation_id: int) -> HttpResponse:
+    conversation = _conversation(request, conversation_id)
+    try:
+        do_rename_conversation(conversation=conversation, title=request.POST.get("title", ""))
+    except ChatInputError as exc:
+        if request.htmx:
+            return HttpResponse(str(exc), status=400)
+        flash.error(request, str(exc))
+    if request.htmx:
+        return render(request, "feedback/chat.html#title", {"conversation": conversation})
+    return redirect("chat", conversation_id=conversation.pk)
+
+
+@role_required(Role.USER)
+@require_POST
+def delete(request: HttpRequest, conversation_id: int) -> HttpResponse:
+    conversation = _conversation(request, conversation_id)
+    do_delete_conversation(conversation=conversation)
+    url = reverse("conversations")
+    return HttpResponseClientRedirect(url) if request.htmx else redirect(url)
+
+
+@role_required(Role.USER)
+@require_POST
+def update_settings(request: HttpRequest, conversation_id: int) -> HttpResponse:
+    conversation = _conversation(request, conversation_id)
+    error = ""
+    try:
+        do_update_sampling(
+            conversation=conversation,
+            temperature=float(request.POST.get("temperature", "")),
+            max_new_tokens=int(request.POST.get("max_new_tokens", "")),
+        )
+    except ValueError as exc:  # ChatInputError is a ValueError; so is a malformed number
+        error = str(exc) if isinstance(exc, ChatInputError) else "Enter numbers."
+    context = {"conversation": conversation, "limits": ChatLimits.current(), "error": error}
+    if request.htmx:
+        return render(request, "feedback/chat.html#settings", context, status=400 if error else 200)
+    if error:
+        flash.error(request, error)
+    return redirect("chat", conversation_id=conversation.pk)

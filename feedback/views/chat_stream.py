@@ -1,0 +1,70 @@
+"""The answer stream: Server-Sent Events for htmx's SSE extension, served by an async view.
+
+Events: ``reset`` (everything written so far, sent first on every (re)connection), ``token``
+(a new piece), ``done`` (the finished message, rendered). Every piece is HTML-escaped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+
+from asgiref.sync import sync_to_async
+from django.http import Http404, HttpRequest, HttpResponse, StreamingHttpResponse
+from django.template.loader import render_to_string
+from django.utils.html import escape
+from django.views.decorators.http import require_GET
+
+from feedback.inference.factory import get_inference_client
+from feedback.models import Message
+from feedback.roles import Role, has_role
+from feedback.services.answer_runs import StreamEvent, watch_answer
+from feedback.services.chat import conversations_of
+from feedback.services.chat_tree import sibling_position
+
+
+def sse(event: str, data: str) -> bytes:
+    lines = data.split("\n")
+    return (f"event: {event}\n" + "".join(f"data: {line}\n" for line in lines) + "\n").encode()
+
+
+def _render_done(message_id: int) -> str:
+    message = Message.objects.select_related("conversation").get(pk=message_id)
+    return render_to_string(
+        "feedback/chat.html#message",
+        {
+            "entry": {"message": message, "siblings": sibling_position(message)},
+            "conversation": message.conversation,
+        },
+    )
+
+
+async def _events(message_id: int) -> AsyncIterator[bytes]:
+    # A comment line first, so proxies and the browser see the stream open at once.
+    yield b": stream open\n\n"
+    event: StreamEvent
+    # aclosing: a closed page must unsubscribe at once, not when the generator is collected.
+    async with aclosing(watch_answer(message_id, get_inference_client)) as events:
+        async for event in events:
+            if event.kind == "done":
+                yield sse("done", await sync_to_async(_render_done)(message_id))
+                return
+            yield sse(event.kind, escape(event.text))
+
+
+@require_GET
+async def stream(request: HttpRequest, conversation_id: int, message_id: int) -> HttpResponse:
+    user = await request.auser()
+    if not user.is_authenticated or not await sync_to_async(has_role)(user, Role.USER):
+        raise Http404("No such answer.")
+    exists = await Message.objects.filter(
+        pk=message_id,
+        role="assistant",
+        conversation__in=conversations_of(user).filter(pk=conversation_id),  # type: ignore[arg-type]
+    ).aexists()
+    if not exists:
+        raise Http404("No such answer.")
+    response = StreamingHttpResponse(_events(message_id), content_type="text/event-stream")
+    response["Cache-Control"] = "no-cache"
+    response["X-Accel-Buffering"] = "no"
+    return response

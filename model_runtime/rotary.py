@@ -1,0 +1,81 @@
+"""Rotary position embeddings with xPos, computed from explicit positions.
+
+Rotary (RoFormer, Su et al. 2021) rotates each pair of features ``(2i, 2i + 1)`` of a query or
+key by the angle ``position * base^(-2i / dim_head)``, so that ``q_m . k_n`` depends on ``m - n``
+only. xPos (Sun et al. 2022, "A Length-Extrapolatable Transformer") also multiplies query pair
+``i`` by ``zeta_i ^ (m / scale_base)`` and key pair ``i`` by ``zeta_i ^ (-n / scale_base)``, with
+``zeta_i = (2i / dim_head + 0.4) / 1.4`` in [0.28, 1), so attention decays with distance.
+
+Each pair is treated as a complex number, so rotation and xPos scaling are one complex product
+with a precomputed factor ``scale * exp(i * angle)`` (three kernels per call instead of seven).
+
+Everything is computed in float32 whatever the model's dtype: bf16 carries 8 bits of mantissa,
+too few for angles of hundreds of radians or for powers of ``zeta``. xPos exponents are taken
+relative to a fixed centre (``max_seq_len // 2``): the centre cancels in ``q_m . k_n`` (the
+product only sees ``m - n``) and halves the largest exponent, keeping the scales within
+[0.28^(L/2b), 0.28^(-L/2b)] for positions up to ``L = max_seq_len``. Because the centre is fixed
+(not the current sequence length), keys stored in a KV cache stay valid.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from model_runtime.config import PaLMConfig
+
+
+@dataclass(frozen=True)
+class RotaryTables:
+    """complex64 factors for the pairs of one forward pass's T positions.
+
+    ``queries``: (B or 1, T, 1, dh/2); ``keys``: (B or 1, T, dh/2); ``joint``:
+    (B or 1, T, H + 1, dh/2), the query factor for the H query heads then the key factor, for
+    rotating the adjacent q and k of the fused projection in one product.
+    """
+
+    queries: torch.Tensor
+    keys: torch.Tensor
+    joint: torch.Tensor
+
+    @classmethod
+    def build(cls, config: PaLMConfig, positions: torch.Tensor) -> RotaryTables:
+        """Tables for ``positions`` (B or 1, T), integer positions (may be negative for pads)."""
+        device = positions.device
+        half = config.dim_head // 2
+        exponents = torch.arange(half, device=device, dtype=torch.float32) * 2 / config.dim_head
+        inv_freq = config.rotary_base ** (-exponents)  # (dh/2,)
+        pos = positions.to(torch.float32)  # (B, T)
+        angles = pos[..., None] * inv_freq  # (B, T, dh/2)
+        if config.use_xpos:
+            zeta = (exponents + 0.4) / 1.4  # (dh/2,)
+            power = (pos - config.max_seq_len // 2) / config.xpos_scale_base  # (B, T)
+            q_scale = zeta ** power[..., None]  # (B, T, dh/2)
+        else:
+            q_scale = torch.ones_like(angles)
+        queries = torch.polar(q_scale, angles)  # (B, T, dh/2) complex64
+        keys = torch.polar(q_scale.reciprocal(), angles)
+        rows, new, _ = queries.shape
+        joint = torch.cat(
+            (queries[:, :, None].expand(rows, new, config.heads, half), keys[:, :, None]), dim=2
+        )  # (B, T, H + 1, dh/2)
+        return cls(queries=queries[:, :, None], keys=keys, joint=joint)
+
+    def rotate_queries(self, q: torch.Tensor) -> torch.Tensor:
+        """q: (B, T, H, dh) in any dtype -> same shape and dtype, rotated (and xPos-scaled)."""
+        return _rotate(q, self.queries)
+
+    def rotate_keys(self, k: torch.Tensor) -> torch.Tensor:
+        """k: (B, T, dh) in any dtype -> same shape and dtype, rotated (and xPos-scaled)."""
+        return _rotate(k, self.keys)
+
+    def rotate_joint(self, qk: torch.Tensor) -> torch.Tensor:
+        """qk: (B, T, H + 1, dh), H query heads then the key -> same shape and dtype."""
+        return _rotate(qk, self.joint)
+
+
+def _rotate(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """Multiply each feature pair of ``x`` (..., dh) by ``factor`` (..., dh/2), in float32."""
+    pairs = torch.view_as_complex(x.float().reshape(*x.shape[:-1], -1, 2))  # (..., dh/2) complex64
+    return torch.view_as_real(pairs * factor).flatten(-2).to(x.dtype)

@@ -1,0 +1,204 @@
+"""The pieces of one optimizer step, shared by the trainer and ``bench/training.py``.
+
+- :func:`autocast`: bf16 ``torch.autocast`` (matmuls in bf16, weights and optimizer in fp32).
+- :func:`lm_loss_sum`: summed next-token cross-entropy over the labelled positions, from logits.
+- :func:`linear_cross_entropy_sum` / :class:`CausalLMLoss`: the same loss straight from the
+  trunk's hidden states and the (tied) output projection, a block of rows at a time, never
+  holding the (B, T, V) logits; what the trainer runs.
+- :func:`build_adamw`: AdamW with weight decay on the matmul weights only; embeddings (tied to
+  the output projection here) and norm gains are not decayed.
+- :func:`freeze_all_but_last_blocks`: train only the last N transformer blocks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from model_runtime.palm import PaLM
+from model_runtime.training.config import Precision
+from model_runtime.training.data import IGNORE_INDEX
+
+
+def autocast(device: torch.device, precision: Precision) -> contextlib.AbstractContextManager[Any]:
+    """bf16 autocast on ``device`` for ``precision == "bf16"``, a no-op context for fp32."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def lm_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Sum over labelled positions of ``-log p(label)``: logits (B, T, V), labels (B, T) int64
+    with ``IGNORE_INDEX`` where there is no target -> scalar float32."""
+    vocab = logits.shape[-1]
+    return F.cross_entropy(
+        logits.reshape(-1, vocab).float(),
+        labels.reshape(-1),
+        ignore_index=IGNORE_INDEX,
+        reduction="sum",
+    )
+
+
+# Rows of hidden states per block of the chunked loss: a (rows, V) float32 block of logits is
+# 8 MiB at V = 8192, small enough to stay in cache while it is used three times.
+LOSS_CHUNK_ROWS = 256
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    """Sum of cross-entropy of ``hidden @ weight.T`` against ``labels``, with both gradients
+    computed in the forward pass, one block of rows at a time (d loss / d logits of a row is
+    ``softmax - onehot``: it needs nothing but that row's logits)."""
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        hidden: torch.Tensor,
+        weight: torch.Tensor,
+        labels: torch.Tensor,
+        compute_dtype: torch.dtype,
+        chunk_rows: int,
+    ) -> torch.Tensor:
+        rows = hidden.shape[0]
+        w = weight.to(compute_dtype)  # (V, D)
+        h_all = hidden.to(compute_dtype)  # (N, D)
+        need_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        grad_hidden = torch.empty_like(h_all) if need_grad else None  # (N, D)
+        grad_weight = torch.zeros_like(weight, dtype=torch.float32) if need_grad else None
+        for start in range(0, rows, chunk_rows):
+            stop = min(rows, start + chunk_rows)
+            h = h_all[start:stop]  # (n, D)
+            target = labels[start:stop]  # (n,)
+            valid = target != IGNORE_INDEX  # (n,)
+            safe = target.clamp(min=0)
+            logits = (h @ w.T).float()  # (n, V)
+            lse = torch.logsumexp(logits, dim=-1)  # (n,)
+            picked = logits.gather(1, safe[:, None]).squeeze(1)  # (n,)
+            total += ((lse - picked) * valid).sum()
+            if grad_hidden is not None and grad_weight is not None:
+                grad = logits.sub_(lse[:, None]).exp_()  # softmax, in place: (n, V)
+                grad[torch.arange(stop - start, device=grad.device), safe] -= 1.0
+                grad.mul_(valid[:, None])
+                grad_c = grad.to(compute_dtype)
+                grad_hidden[start:stop] = grad_c @ w  # (n, D)
+                grad_weight += (grad_c.T @ h).float()  # (V, D)
+        ctx.save_for_backward(grad_hidden, grad_weight)
+        ctx.hidden_dtype = hidden.dtype
+        ctx.weight_dtype = weight.dtype
+        return total
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        grad_hidden, grad_weight = ctx.saved_tensors
+        d_hidden = d_weight = None
+        if ctx.needs_input_grad[0]:
+            d_hidden = (grad_hidden * grad_output).to(ctx.hidden_dtype)
+        if ctx.needs_input_grad[1]:
+            d_weight = (grad_weight * grad_output).to(ctx.weight_dtype)
+        return d_hidden, d_weight, None, None, None
+
+
+def linear_cross_entropy_sum(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    compute_dtype: torch.dtype = torch.float32,
+    chunk_rows: int = LOSS_CHUNK_ROWS,
+) -> torch.Tensor:
+    """``lm_loss_sum(hidden @ weight.T, labels)`` without materialising the logits.
+
+    hidden (B, T, D), weight (V, D), labels (B, T) -> scalar float32. The matmuls run in
+    ``compute_dtype`` (bf16 under mixed precision, as autocast would run them), the softmax in
+    float32. Both gradients are computed during the forward pass, block by block, and kept
+    until backward: (N, D) + (V, D) numbers instead of the (N, V) logits.
+    """
+    dim = hidden.shape[-1]
+    loss: torch.Tensor = _LinearCrossEntropy.apply(  # type: ignore[no-untyped-call]
+        hidden.reshape(-1, dim), weight, labels.reshape(-1), compute_dtype, chunk_rows
+    )
+    return loss
+
+
+class CausalLMLoss(nn.Module):
+    """``forward(inputs, labels) -> summed next-token loss`` of a PaLM.
+
+    Wrapping the loss (not only the model) in a module lets DDP and ``torch.compile`` see the
+    whole forward pass, the output projection included. inputs, labels: (B, T) int64.
+    """
+
+    def __init__(self, model: PaLM, precision: Precision) -> None:
+        super().__init__()
+        self.model = model
+        self.precision = precision
+
+    def forward(self, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        device = inputs.device
+        with autocast(device, self.precision):
+            hidden = self.model.hidden_states(inputs)  # (B, T, D)
+        compute = torch.bfloat16 if self.precision == "bf16" else torch.float32
+        return linear_cross_entropy_sum(
+            hidden, self.model.embed.weight, labels, compute_dtype=compute
+        )
+
+
+def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Two AdamW groups over the trainable parameters: weights of linear layers decayed, the
+    rest (embeddings, norm gains, biases) not. A parameter shared by several modules (tied
+    embeddings) is listed once, undecayed if any of its owners is an embedding."""
+    no_decay: dict[int, nn.Parameter] = {}
+    decay: dict[int, nn.Parameter] = {}
+    for module in model.modules():
+        for name, param in module.named_parameters(recurse=False):
+            if not param.requires_grad:
+                continue
+            key = id(param)
+            embedding_or_gain = isinstance(module, nn.Embedding) or param.dim() < 2
+            if embedding_or_gain or name == "bias":
+                no_decay[key] = param
+                decay.pop(key, None)
+            elif key not in no_decay:
+                decay[key] = param
+    groups = [
+        {"params": list(decay.values()), "weight_decay": weight_decay},
+        {"params": list(no_decay.values()), "weight_decay": 0.0},
+    ]
+    return [group for group in groups if group["params"]]
+
+
+def build_adamw(
+    model: nn.Module,
+    *,
+    lr: float,
+    weight_decay: float,
+    betas: tuple[float, float] = (0.9, 0.95),
+    eps: float = 1e-8,
+    fused: bool | None = None,
+) -> torch.optim.AdamW:
+    """AdamW over :func:`parameter_groups`; ``fused`` as in ``torch.optim.AdamW``."""
+    groups = parameter_groups(model, weight_decay)
+    if not groups:
+        raise ValueError("the model has no trainable parameter")
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=fused)
+
+
+def freeze_all_but_last_blocks(model: PaLM, count: int) -> list[str]:
+    """Leave only the parameters of the last ``count`` blocks trainable (the embedding, which
+    is also the output projection, the earlier blocks and the final norm are frozen); return
+    the names of the trainable parameters."""
+    depth = len(model.blocks)
+    if not 1 <= count <= depth:
+        raise ValueError(f"can train the last 1..{depth} blocks, got {count}")
+    model.requires_grad_(False)
+    for block in list(model.blocks)[depth - count :]:
+        block.requires_grad_(True)
+    return trainable_parameter_names(model.named_parameters())
+
+
+def trainable_parameter_names(named: Iterable[tuple[str, nn.Parameter]]) -> list[str]:
+    return [name for name, param in named if param.requires_grad]

@@ -1,0 +1,73 @@
+"""In Chromium against uvicorn: chat, watch the answer stream in, stop, regenerate, switch
+siblings, rename and delete."""
+
+from __future__ import annotations
+
+import pytest
+from factories import PASSWORD, UserFactory
+from playwright.sync_api import Page, expect
+
+from feedback.models import ChatLimits, Conversation, Message, MessageStatus
+
+pytestmark = pytest.mark.e2e
+
+
+def log_in(page: Page, username: str) -> None:
+    page.goto("/accounts/login/")
+    page.get_by_label("Username").fill(username)
+    page.locator("#id_password").fill(PASSWORD)
+    page.get_by_role("button", name="Log in").click()
+
+
+def test_chat_end_to_end(page: Page) -> None:
+    limits = ChatLimits.current()
+    limits.max_new_tokens = 2000
+    limits.default_new_tokens = 60
+    limits.save()
+    UserFactory(username="frank")
+    log_in(page, "frank")
+    page.get_by_role("navigation", name="Main").get_by_role("link", name="Chat").click()
+    page.get_by_role("button", name="New chat").click()
+    expect(page.get_by_role("heading", name="New conversation")).to_be_visible()
+
+    # Enter sends; the answer streams in piece by piece and ends as a finished message.
+    box = page.get_by_label("Message", exact=True)
+    box.fill("Tell me about the river.")
+    box.press("Enter")
+    expect(page.locator("article.msg.user .body")).to_have_text("Tell me about the river.")
+    answer = page.locator("article.msg.assistant").last
+    expect(answer.locator(".body")).not_to_be_empty()
+    expect(answer.get_by_role("button", name="Regenerate")).to_be_visible(timeout=30_000)
+    expect(box).to_have_value("")  # the composer was cleared
+    first = Message.objects.filter(role="assistant").get()
+    assert first.status == MessageStatus.COMPLETE and first.content
+    expect(page.locator("h1")).to_have_text("Tell me about the river.")
+
+    # Regenerate: a second version appears and the page shows 2/2, then switch back to 1/2.
+    answer.get_by_role("button", name="Regenerate").click()
+    answer = page.locator("article.msg.assistant").last
+    expect(answer.get_by_role("button", name="Regenerate")).to_be_visible(timeout=30_000)
+    expect(answer.locator(".siblings .count")).to_have_text("2/2")
+    answer.get_by_role("button", name="Previous version").click()
+    expect(page.locator("article.msg.assistant .siblings .count")).to_have_text("1/2")
+
+    # A long answer, stopped part-way: the text written so far stays, marked as stopped.
+    page.locator("summary", has_text="Answer settings").click()
+    page.get_by_label("Max tokens").fill("2000")
+    page.locator("#chat-settings").get_by_role("button", name="Save").click()
+    box.fill("Now a long one, please.")
+    page.get_by_role("button", name="Send").click()
+    page.get_by_role("button", name="Stop").click()
+    expect(page.locator("article.msg.assistant").last.locator(".state")).to_have_text("Stopped.")
+    stopped = Message.objects.filter(role="assistant").order_by("-id").first()
+    assert stopped is not None and stopped.status == MessageStatus.CANCELLED
+
+    # Rename, then delete from the chat page.
+    page.locator("summary", has_text="Rename").click()
+    page.get_by_label("Title").fill("River talk")
+    page.locator("#chat-title").get_by_role("button", name="Save").click()
+    expect(page.locator("h1")).to_have_text("River talk")
+    page.on("dialog", lambda dialog: dialog.accept())
+    page.get_by_role("button", name="Delete").click()
+    expect(page.get_by_role("heading", name="Conversations")).to_be_visible()
+    assert not Conversation.objects.exists()

@@ -1,0 +1,179 @@
+"""Answers streamed from the real in-process engine through the async SSE view."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from asgiref.sync import sync_to_async
+from django.test import AsyncClient
+from django.urls import reverse
+from factories import ConversationFactory
+from tiny_policy import build_tiny_policy
+
+from feedback.inference.factory import get_inference_client
+from feedback.models import Conversation, Message, MessageStatus
+from feedback.services.answer_runs import BUSY_MESSAGE
+from feedback.services.chat import do_send_message, do_update_sampling
+from model_runtime.sampling import SamplingParams
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def parse_events(chunks: list[bytes]) -> list[tuple[str, str, float]]:
+    """(event, data, arrival time) of each SSE event; one chunk may hold one event."""
+    events = []
+    for chunk in chunks:
+        for block in chunk.decode().split("\n\n"):
+            lines = [line for line in block.splitlines() if not line.startswith(":")]
+            if not lines:
+                continue
+            name = next(line[7:] for line in lines if line.startswith("event: "))
+            data = "\n".join(line[6:] for line in lines if line.startswith("data: "))
+            events.append((name, data))
+    return events  # type: ignore[return-value]
+
+
+async def open_stream(conversation: Conversation, answer: Message) -> AsyncIterator[bytes]:
+    client = AsyncClient()
+    await sync_to_async(client.force_login)(conversation.owner)
+    response = await client.get(reverse("chat_stream", args=[conversation.pk, answer.pk]))
+    assert response.status_code == 200
+    assert response["Content-Type"] == "text/event-stream"
+    return response.streaming_content  # type: ignore[return-value]
+
+
+def new_turn(max_new_tokens: int = 40, temperature: float = 0.0) -> tuple[Conversation, Message]:
+    conversation = ConversationFactory()
+    do_update_sampling(
+        conversation=conversation, temperature=temperature, max_new_tokens=max_new_tokens
+    )
+    turn = do_send_message(conversation=conversation, text="Tell me about the river.")
+    return conversation, turn.answer
+
+
+def test_pieces_arrive_one_by_one_and_the_answer_is_saved(policy: Path) -> None:
+    conversation, answer = new_turn(max_new_tokens=24)
+
+    async def read() -> tuple[list[bytes], list[float]]:
+        chunks, times = [], []
+        async for chunk in await open_stream(conversation, answer):
+            chunks.append(chunk)
+            times.append(time.monotonic())
+        return chunks, times
+
+    chunks, _ = asyncio.run(read())
+    events = parse_events(chunks)
+    kinds = [e[0] for e in events]
+    assert kinds[0] == "reset" and kinds[-1] == "done"
+    tokens = [e[1] for e in events if e[0] == "token"]
+    answer.refresh_from_db()
+    assert len(tokens) >= 3, (events, answer.status, answer.error, answer.content)
+    assert sum(1 for c in chunks if b"event: token" in c) == len(tokens)
+    answer.refresh_from_db()
+    assert answer.status == MessageStatus.COMPLETE
+    assert answer.finish_reason in ("stop", "length") and answer.completion_tokens
+    assert answer.model_version.startswith("tiny-v1@")
+    assert answer.first_token_ms is not None and answer.latency_ms is not None
+    done_html = events[-1][1]
+    assert f'id="msg-{answer.pk}"' in done_html and "Regenerate" in done_html
+    assert "sse-connect" not in done_html  # the finished message stops streaming
+
+
+def test_stop_keeps_what_was_written(policy: Path, settings: Any) -> None:
+    settings.STREAM_STOP_CHECK_S = 0.0
+    conversation, answer = new_turn(max_new_tokens=150)
+
+    async def read() -> list[bytes]:
+        chunks: list[bytes] = []
+        async for chunk in await open_stream(conversation, answer):
+            chunks.append(chunk)
+            if sum(b"event: token" in c for c in chunks) == 3:
+                client = AsyncClient()
+                await sync_to_async(client.force_login)(conversation.owner)
+                url = reverse("chat_stop", args=[conversation.pk, answer.pk])
+                assert (await client.post(url)).status_code == 302
+        return chunks
+
+    events = parse_events(asyncio.run(read()))
+    assert events[-1][0] == "done"
+    answer.refresh_from_db()
+    assert answer.status == MessageStatus.CANCELLED, answer.error
+    assert answer.finish_reason == "stopped"
+    assert answer.content and len([e for e in events if e[0] == "token"]) < 150
+    assert "Stopped." in events[-1][1]
+
+
+def test_a_reconnect_picks_the_stream_up(policy: Path, settings: Any) -> None:
+    settings.STREAM_RECONNECT_GRACE_S = 30
+    conversation, answer = new_turn(max_new_tokens=60)
+
+    async def read_twice() -> tuple[str, list[tuple[str, str]]]:
+        first = await open_stream(conversation, answer)
+        seen = ""
+        async for chunk in first:
+            for kind, data in parse_events([chunk]):
+                seen += data if kind == "token" else ""
+            if seen:
+                break
+        await first.aclose()  # type: ignore[attr-defined]
+        second = [chunk async for chunk in await open_stream(conversation, answer)]
+        return seen, parse_events(second)
+
+    seen, events = asyncio.run(read_twice())
+    assert events[0][0] == "reset" and events[-1][0] == "done"
+    assert events[0][1].startswith(seen)  # everything written so far comes first
+    answer.refresh_from_db()
+    assert answer.status == MessageStatus.COMPLETE
+
+
+def test_a_busy_engine_says_so(settings: Any, tmp_path_factory: pytest.TempPathFactory) -> None:
+    from feedback.inference.factory import reset_inference_client
+
+    # A long context lets the blocking request run for seconds, not a fraction of one.
+    settings.POLICY_DIR = build_tiny_policy(
+        tmp_path_factory.mktemp("policy") / "long-v1", max_seq_len=4096
+    )
+    settings.INFERENCE_URL = ""
+    reset_inference_client()
+    settings.ENGINE_MAX_BATCH = 1
+    settings.ENGINE_MAX_QUEUE = 0
+    client = get_inference_client()
+    engine = client.engine  # type: ignore[attr-defined]
+    # Occupy the only slot with a long greedy request.
+    blocker = engine.submit(
+        [engine.tokenizer.user_id], SamplingParams(temperature=0.0, max_new_tokens=2000)
+    )
+    conversation, answer = new_turn(max_new_tokens=10)
+
+    async def read() -> list[bytes]:
+        return [chunk async for chunk in await open_stream(conversation, answer)]
+
+    events = parse_events(asyncio.run(read()))
+    blocker.cancel()
+    reset_inference_client()
+    answer.refresh_from_db()
+    assert answer.status == MessageStatus.FAILED and answer.error == BUSY_MESSAGE
+    assert "busy" in events[-1][1]
+
+
+def test_a_missing_policy_fails_the_answer_clearly(settings: Any, tmp_path: Path) -> None:
+    from feedback.inference.factory import reset_inference_client
+
+    settings.POLICY_DIR = tmp_path / "nothing-here"
+    settings.INFERENCE_URL = ""
+    reset_inference_client()
+    conversation, answer = new_turn()
+
+    async def read() -> list[bytes]:
+        return [chunk async for chunk in await open_stream(conversation, answer)]
+
+    events = parse_events(asyncio.run(read()))
+    answer.refresh_from_db()
+    assert answer.status == MessageStatus.FAILED
+    assert "unavailable" in answer.error and "nothing-here" in answer.error
+    assert events[-1][0] == "done"

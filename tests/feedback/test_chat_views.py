@@ -1,0 +1,142 @@
+"""The chat pages through Django's test client: htmx partials, errors, limits, CSRF."""
+
+from __future__ import annotations
+
+import pytest
+from django.test import Client
+from django.urls import reverse
+from factories import ConversationFactory, PersonaFactory, UserFactory
+
+from feedback.models import ChatLimits, Conversation, Message, MessageStatus
+from feedback.roles import Role
+from feedback.services.chat import do_finish_answer, do_send_message, do_start_answer
+
+pytestmark = pytest.mark.django_db
+HTMX = {"HTTP_HX_REQUEST": "true"}
+
+
+@pytest.fixture
+def conversation(client: Client) -> Conversation:
+    conversation = ConversationFactory()
+    client.force_login(conversation.owner)
+    return conversation
+
+
+def test_new_conversation_with_persona(client: Client) -> None:
+    user = UserFactory()
+    persona = PersonaFactory(name="Pirate", system_prompt="Talk like a pirate.")
+    client.force_login(user)
+    page = client.get(reverse("conversations")).content.decode()
+    assert "Pirate" in page
+    response = client.post(reverse("conversation_new"), {"persona": persona.pk})
+    conversation = Conversation.objects.get(owner=user)
+    assert response["Location"] == reverse("chat", args=[conversation.pk])
+    assert conversation.system_prompt == "Talk like a pirate."
+
+
+def test_send_returns_the_thread_with_a_stream(client: Client, conversation: Conversation) -> None:
+    response = client.post(reverse("chat_send", args=[conversation.pk]), {"text": "hello"}, **HTMX)
+    assert response.status_code == 200
+    html = response.content.decode()
+    answer = Message.objects.get(role="assistant")
+    assert 'id="thread"' in html and "<html" not in html
+    assert f'sse-connect="{reverse("chat_stream", args=[conversation.pk, answer.pk])}"' in html
+    assert 'sse-swap="token"' in html and "Stop" in html
+
+
+def test_send_without_javascript_redirects(client: Client, conversation: Conversation) -> None:
+    response = client.post(reverse("chat_send", args=[conversation.pk]), {"text": "hello"})
+    assert response.status_code == 302
+    assert "hello" in client.get(response["Location"]).content.decode()
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"), [("a\x00b", "NUL byte"), ("x" * 9000, "the limit is 8,000")]
+)
+def test_bad_input_is_a_clear_400(
+    client: Client, conversation: Conversation, text: str, fragment: str
+) -> None:
+    response = client.post(reverse("chat_send", args=[conversation.pk]), {"text": text}, **HTMX)
+    assert response.status_code == 400
+    assert fragment in response.content.decode()
+    assert not Message.objects.exists()
+
+
+def test_sending_is_rate_limited(client: Client, conversation: Conversation) -> None:
+    limits = ChatLimits.current()
+    limits.messages_per_minute = 2
+    limits.save()
+    url = reverse("chat_send", args=[conversation.pk])
+    for _ in range(2):
+        assert client.post(url, {"text": "x"}, **HTMX).status_code in (200, 400)
+        Message.objects.filter(role="assistant").update(status=MessageStatus.CANCELLED)
+    response = client.post(url, {"text": "x"}, **HTMX)
+    assert response.status_code == 400 and "too fast" in response.content.decode()
+
+
+def test_regenerate_and_switch_siblings(client: Client, conversation: Conversation) -> None:
+    turn = do_send_message(conversation=conversation, text="hi")
+    do_start_answer(answer_id=turn.answer.pk, model_version="v", dropped_turns=0)
+    do_finish_answer(answer_id=turn.answer.pk, status=MessageStatus.COMPLETE, content="first")
+    response = client.post(
+        reverse("chat_regenerate", args=[conversation.pk, turn.answer.pk]), **HTMX
+    )
+    assert "2/2" in response.content.decode()
+    response = client.post(reverse("chat_show", args=[conversation.pk, turn.answer.pk]), **HTMX)
+    html = response.content.decode()
+    assert "1/2" in html and "first" in html
+
+
+def test_stop_cancels_a_pending_answer(client: Client, conversation: Conversation) -> None:
+    turn = do_send_message(conversation=conversation, text="hi")
+    response = client.post(reverse("chat_stop", args=[conversation.pk, turn.answer.pk]), **HTMX)
+    assert response.status_code == 204
+    turn.answer.refresh_from_db()
+    assert turn.answer.status == MessageStatus.CANCELLED
+
+
+def test_rename_delete_and_search(client: Client, conversation: Conversation) -> None:
+    do_send_message(conversation=conversation, text="the rivers of France")
+    response = client.post(
+        reverse("chat_rename", args=[conversation.pk]), {"title": "Geography"}, **HTMX
+    )
+    assert "Geography" in response.content.decode()
+    other = ConversationFactory(owner=conversation.owner, title="Cooking")
+    found = client.get(reverse("conversations"), {"q": "france"}).content.decode()
+    assert "Geography" in found and "Cooking" not in found
+    response = client.post(reverse("chat_delete", args=[other.pk]), **HTMX)
+    assert response["HX-Redirect"] == reverse("conversations")
+    assert not Conversation.objects.filter(pk=other.pk).exists()
+
+
+def test_settings_within_limits(client: Client, conversation: Conversation) -> None:
+    url = reverse("chat_settings", args=[conversation.pk])
+    assert (
+        client.post(url, {"temperature": "0.3", "max_new_tokens": "100"}, **HTMX).status_code == 200
+    )
+    response = client.post(url, {"temperature": "9", "max_new_tokens": "100"}, **HTMX)
+    assert response.status_code == 400 and "Temperature must be" in response.content.decode()
+    response = client.post(url, {"temperature": "abc", "max_new_tokens": "1"}, **HTMX)
+    assert response.status_code == 400
+    conversation.refresh_from_db()
+    assert conversation.temperature == 0.3
+
+
+def test_annotator_without_chat_role_is_refused() -> None:
+    client = Client()
+    user = UserFactory(role=Role.USER)
+    user.groups.clear()
+    client.force_login(user)
+    assert client.get(reverse("conversations")).status_code == 403
+
+
+def test_htmx_posts_need_the_csrf_token() -> None:
+    conversation = ConversationFactory()
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(conversation.owner)
+    url = reverse("chat_send", args=[conversation.pk])
+    assert client.post(url, {"text": "hi"}, **HTMX).status_code == 403
+    page = client.get(reverse("chat", args=[conversation.pk]))
+    token = page.context["csrf_token"]
+    response = client.post(url, {"text": "hi"}, HTTP_X_CSRFTOKEN=str(token), **HTMX)
+    assert response.status_code == 200

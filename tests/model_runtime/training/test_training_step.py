@@ -1,0 +1,74 @@
+"""Pieces of an optimizer step: decay groups, freezing, autocast, the summed loss."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+import torch
+
+from model_runtime.palm import PaLM
+from model_runtime.training.data import IGNORE_INDEX
+from model_runtime.training.step import (
+    autocast,
+    build_adamw,
+    freeze_all_but_last_blocks,
+    lm_loss_sum,
+    parameter_groups,
+)
+
+
+def names(model: PaLM, params: list[torch.nn.Parameter]) -> set[str]:
+    by_id = {id(p): n for n, p in model.named_parameters()}
+    return {by_id[id(p)] for p in params}
+
+
+def test_embeddings_and_norms_are_not_decayed(make_model: Callable[..., PaLM]) -> None:
+    model = make_model()
+    decay, no_decay = parameter_groups(model, weight_decay=0.1)
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    assert names(model, no_decay["params"]) == {
+        "embed.weight",
+        "norm.weight",
+        "blocks.0.norm.weight",
+        "blocks.1.norm.weight",
+    }
+    assert names(model, decay["params"]) == {
+        f"blocks.{i}.{layer}.weight" for i in (0, 1) for layer in ("fused_in", "attn_out", "ff_out")
+    }
+    optimizer = build_adamw(model, lr=1e-3, weight_decay=0.1)
+    assert sum(len(g["params"]) for g in optimizer.param_groups) == len(list(model.parameters()))
+
+
+def test_freezing_leaves_only_the_last_blocks_in_the_optimizer(
+    make_model: Callable[..., PaLM],
+) -> None:
+    model = make_model(depth=3)
+    trainable = freeze_all_but_last_blocks(model, 2)
+    assert trainable == [
+        n for n, _ in model.named_parameters() if n.startswith(("blocks.1.", "blocks.2."))
+    ]
+    optimizer = build_adamw(model, lr=1e-3, weight_decay=0.1)
+    in_optimizer = {n for g in optimizer.param_groups for n in names(model, g["params"])}
+    assert in_optimizer == set(trainable)
+    with pytest.raises(ValueError, match=r"last 1\.\.3 blocks"):
+        freeze_all_but_last_blocks(model, 4)
+
+
+def test_bf16_autocast_runs_matmuls_in_bf16_and_fp32_is_plain(
+    make_model: Callable[..., PaLM],
+) -> None:
+    layer = torch.nn.Linear(4, 4)
+    x = torch.randn(2, 4)
+    with autocast(torch.device("cpu"), "bf16"):
+        assert layer(x).dtype == torch.bfloat16
+    with autocast(torch.device("cpu"), "fp32"):
+        assert layer(x).dtype == torch.float32
+
+
+def test_loss_sum_skips_ignored_positions() -> None:
+    logits = torch.zeros(1, 3, 4)  # uniform: -log p = log 4 at every position
+    labels = torch.tensor([[1, IGNORE_INDEX, 3]])
+    assert lm_loss_sum(logits, labels).item() == pytest.approx(
+        2 * torch.log(torch.tensor(4.0)).item()
+    )

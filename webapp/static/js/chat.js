@@ -1,0 +1,37 @@
+// Chat page behaviour that HTML alone cannot give: Enter sends, copy, scroll, clear on send.
+(function () {
+  "use strict";
+
+  document.addEventListener("keydown", function (event) {
+    var box = event.target;
+    if (!(box instanceof HTMLTextAreaElement) || !box.hasAttribute("data-submit-on-enter")) return;
+    if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+      event.preventDefault();
+      if (box.value.trim() !== "") box.form.requestSubmit();
+    }
+  });
+
+  document.addEventListener("click", function (event) {
+    var button = event.target.closest("[data-copy-from]");
+    if (!button) return;
+    var source = document.getElementById(button.getAttribute("data-copy-from"));
+    if (!source || !navigator.clipboard) return;
+    navigator.clipboard.writeText(source.innerText).then(function () {
+      button.textContent = "Copied";
+      setTimeout(function () { button.textContent = "Copy"; }, 1500);
+    });
+  });
+
+  function scrollToEnd() {
+    var thread = document.getElementById("thread");
+    if (thread) thread.scrollIntoView({ block: "end" });
+  }
+
+  document.addEventListener("htmx:afterRequest", function (event) {
+    var form = event.detail.elt;
+    if (form && form.id === "composer" && event.detail.successful) form.reset();
+  });
+  document.addEventListener("htmx:sseMessage", scrollToEnd);
+  document.addEventListener("htmx:afterSwap", scrollToEnd);
+  document.addEventListener("DOMContentLoaded", scrollToEnd);
+})();

@@ -23,6 +23,11 @@ Run from the repository root::
     .venv/bin/python bench/generation.py            # full run (~10 minutes on 2 cores)
     .venv/bin/python bench/generation.py --quick    # ~10M only, 32 new tokens: a smoke check
     .venv/bin/python bench/generation.py --device cuda
+    .venv/bin/python bench/generation.py --threads 1 --clock cpu   # noise-robust cross-check
+
+On a machine shared with other work, wall-clock figures at 2 threads swing with the load;
+``--threads 1 --clock cpu`` times each call by this process's CPU time instead, which time spent
+descheduled does not inflate (but a 1-thread ratio is not the 2-thread one).
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from importlib import metadata
 from typing import Any
 
 import torch
@@ -50,7 +56,13 @@ PROMPT_TOKENS = 64
 NEW_TOKENS = 128
 TTFT_PROMPT_TOKENS = 256
 BATCH_SIZES = (1, 8)
-THREADS = 2
+THREADS = 2  # the default; --threads changes it
+CLOCKS: dict[str, Callable[[], float]] = {
+    "wall": time.perf_counter,
+    # CPU seconds of this process: with 1 thread, time spent descheduled by other processes on a
+    # shared machine does not count (with more threads it counts their spin-waiting too)
+    "cpu": time.process_time,
+}
 
 # Targets of issue 3, checked at 40M and 120M: ours / best HF.
 TARGET_SIZES = ("40M", "120M")
@@ -169,12 +181,12 @@ def build_hf(size: Size, device: torch.device, dtype: torch.dtype) -> Contender:
         eos_token_id=None,
         pad_token_id=0,
     )
-    model = GPTNeoXForCausalLM._from_config(config, attn_implementation="sdpa")
+    model = GPTNeoXForCausalLM._from_config(config, attn_implementation="sdpa")  # type: ignore[no-untyped-call]
     model = model.eval().to(device=device, dtype=dtype)
     params = sum(p.numel() for p in model.parameters())
 
     def run(prompt: torch.Tensor, new_tokens: int) -> torch.Tensor:
-        generation = GenerationConfig(
+        generation = GenerationConfig(  # type: ignore[no-untyped-call]
             max_new_tokens=new_tokens,
             min_new_tokens=new_tokens,
             do_sample=False,
@@ -184,7 +196,7 @@ def build_hf(size: Size, device: torch.device, dtype: torch.dtype) -> Contender:
             bos_token_id=None,
         )
         prompt = prompt.to(device)
-        out = model.generate(
+        out: torch.Tensor = model.generate(
             input_ids=prompt,
             attention_mask=torch.ones_like(prompt),
             generation_config=generation,
@@ -207,9 +219,10 @@ def build_palm_rlhf(size: Size, device: torch.device) -> Contender:
     def run(prompt: torch.Tensor, new_tokens: int) -> torch.Tensor:
         prompt = prompt.to(device)
         # temperature 0 and no filter: its gumbel sampling reduces to argmax (greedy)
-        return model.generate(
+        out: torch.Tensor = model.generate(
             prompt.shape[1] + new_tokens, prompt, temperature=0.0, filter_logits_fn=None
         )
+        return out
 
     return Contender(
         "palm_rlhf",
@@ -231,15 +244,19 @@ def _sync(device: torch.device) -> None:
 
 
 def timed(
-    contender: Contender, prompt: torch.Tensor, new_tokens: int, device: torch.device
+    contender: Contender,
+    prompt: torch.Tensor,
+    new_tokens: int,
+    device: torch.device,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> float:
     """Seconds for one generate call; checks that exactly ``new_tokens`` came out per row."""
     _sync(device)
-    start = time.perf_counter()
+    start = clock()
     with torch.inference_mode():
         out = contender.run(prompt, new_tokens)
     _sync(device)
-    elapsed = time.perf_counter() - start
+    elapsed = clock() - start
     if tuple(out.shape) != (prompt.shape[0], new_tokens):
         raise RuntimeError(
             f"{contender.label} made {tuple(out.shape)} tokens, expected "
@@ -255,6 +272,7 @@ def measure(
     new_tokens: int,
     repeats: int,
     generator: torch.Generator,
+    clock: Callable[[], float],
 ) -> None:
     """Fill every contender's ``figures``: tok_s_b1, tok_s_b8 and ttft_s."""
     prompts = {
@@ -274,7 +292,7 @@ def measure(
                 if attempt >= (contender.repeats or repeats):
                     continue
                 tokens = min(new_tokens, contender.new_tokens)
-                seconds = timed(contender, prompts[batch], tokens, device)
+                seconds = timed(contender, prompts[batch], tokens, device, clock)
                 rate = batch * tokens / seconds
                 best[contender.key] = max(best.get(contender.key, 0.0), rate)
         for contender in contenders:
@@ -283,7 +301,7 @@ def measure(
     ttft: dict[str, list[float]] = {c.key: [] for c in contenders}
     for _ in range(repeats + 2):  # cheap: a few more tries
         for contender in contenders:
-            ttft[contender.key].append(timed(contender, ttft_prompt, 1, device))
+            ttft[contender.key].append(timed(contender, ttft_prompt, 1, device, clock))
     for contender in contenders:
         contender.figures["ttft_s"] = min(ttft[contender.key])
         contender.figures["ttft_s_median"] = statistics.median(ttft[contender.key])
@@ -320,7 +338,13 @@ def ratios(ours: dict[str, Any], peer: dict[str, Any]) -> dict[str, float]:
 
 
 def run_size(
-    size: Size, device: torch.device, *, new_tokens: int, repeats: int, seed: int
+    size: Size,
+    device: torch.device,
+    *,
+    new_tokens: int,
+    repeats: int,
+    seed: int,
+    clock: Callable[[], float],
 ) -> dict[str, Any]:
     torch.manual_seed(seed)
     contenders = [
@@ -335,6 +359,7 @@ def run_size(
         new_tokens=new_tokens,
         repeats=repeats,
         generator=torch.Generator().manual_seed(seed),
+        clock=clock,
     )
     figures: dict[str, dict[str, Any]] = {}
     print(f"\n== {size.name}: dim {size.dim}, depth {size.depth}, heads {size.heads} ==")
@@ -389,10 +414,19 @@ def main() -> None:
     parser.add_argument("--sizes", default=None, help="comma-separated subset of 10M,40M,120M")
     parser.add_argument("--repeats", type=int, default=3, help="best of this many runs (3)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=THREADS, help=f"torch threads ({THREADS})")
+    parser.add_argument(
+        "--clock",
+        choices=sorted(CLOCKS),
+        default="wall",
+        help="wall (default) or cpu: process CPU time, a noise-robust cross-check with --threads 1",
+    )
     args = parser.parse_args()
 
-    torch.set_num_threads(THREADS)
+    torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    if args.clock == "cpu" and (device.type != "cpu" or args.threads != 1):
+        parser.error("--clock cpu measures one CPU thread: use it with --threads 1 on the CPU")
     names = ["10M"] if args.quick else [s.name for s in SIZES]
     if args.sizes:
         names = args.sizes.split(",")
@@ -402,14 +436,24 @@ def main() -> None:
     new_tokens = 32 if args.quick else NEW_TOKENS
     repeats = 1 if args.quick else args.repeats
 
+    peers = {name: metadata.version(name) for name in ("transformers", "palm-rlhf-pytorch")}
     print(
-        f"torch {torch.__version__}, {THREADS} threads, device {device}, "
+        f"torch {torch.__version__}, transformers {peers['transformers']}, palm-rlhf-pytorch "
+        f"{peers['palm-rlhf-pytorch']}, {args.threads} threads, {args.clock} clock, "
+        f"device {device}, "
         f"{platform.processor() or platform.machine()}; prompt {PROMPT_TOKENS}, "
         f"{new_tokens} new tokens (greedy), TTFT prompt {TTFT_PROMPT_TOKENS}, best of {repeats}"
     )
     started = time.perf_counter()
     results = {
-        size.name: run_size(size, device, new_tokens=new_tokens, repeats=repeats, seed=args.seed)
+        size.name: run_size(
+            size,
+            device,
+            new_tokens=new_tokens,
+            repeats=repeats,
+            seed=args.seed,
+            clock=CLOCKS[args.clock],
+        )
         for size in SIZES
         if size.name in names
     }
@@ -419,8 +463,10 @@ def main() -> None:
     summary = {
         "bench": "generation",
         "torch": torch.__version__,
+        "peers": peers,
         "device": str(device),
-        "threads": THREADS,
+        "threads": args.threads,
+        "clock": args.clock,
         "prompt_tokens": PROMPT_TOKENS,
         "new_tokens": new_tokens,
         "ttft_prompt_tokens": TTFT_PROMPT_TOKENS,

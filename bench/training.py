@@ -10,24 +10,28 @@ with the same width and depth, trained on random tokens at batch 8 x sequence 25
 - **hf**: ``transformers`` ``GPTNeoXForCausalLM`` (parallel residual, full rotary, SDPA, tied
   embeddings, ``intermediate_size = 5 * dim`` so its 4 D^2 attention + 10 D^2 MLP match PaLM's
   14 D^2 per block, as in ``bench/generation.py``); loss from its logits.
-- **palm_rlhf**: PyPI ``palm-rlhf-pytorch``'s ``PaLM`` (the seed's model) with
-  ``flash_attn=True`` (SDPA; its default einsum attention was slower here); loss from its logits.
+- **palm_rlhf**: PyPI ``palm-rlhf-pytorch``'s ``PaLM`` (the seed's model) as it comes (einsum
+  attention), and **palm_rlhf_sdpa** with ``flash_attn=True`` (SDPA); loss from its logits. The
+  faster of the two is the peer figure.
 
 Every contender runs the same loop: bf16 ``torch.autocast``, mean next-token cross-entropy in
-float32, ``backward``, ``clip_grad_norm_(1.0)``, ``AdamW.step`` (same groups and settings),
-``zero_grad``. Each contender is warmed up, then timed over ``--steps`` steps per round for
-``--rounds`` rounds, the contenders interleaved so that load from other processes hits them
-alike; a figure is the best round (tokens/s = batch * sequence / seconds per step).
+float32, ``backward``, ``clip_grad_norm_(1.0)``, ``AdamW.step`` (same groups and settings: the
+trainer's ``build_adamw``, fused kernel), ``zero_grad``. Each contender is warmed up, then
+timed over ``--steps`` steps per round for ``--rounds`` rounds, the contenders interleaved so
+that load from other processes hits them alike; a figure is the best round (tokens/s = batch *
+sequence / seconds per step).
 
 MFU = 6 * N * tokens/s / peak, with N the parameters that take part in matmuls (all of them for
 the tied-embedding models here; the attention-score FLOPs are not counted, as in the 6N rule)
-and peak the best bf16 matmul rate measured here at the same thread count.
+and peak the best bf16 matmul rate (square 1024-3072 products) measured at the same thread
+count, sampled in every timing round so that peak and contenders see the same machine load.
 
 Run from the repository root::
 
     .venv/bin/python bench/training.py                  # 10M and 40M, eager and compiled
     .venv/bin/python bench/training.py --quick          # 10M only, fewer steps
     .venv/bin/python bench/training.py --compile off    # skip torch.compile (minutes saved)
+    .venv/bin/python bench/training.py --threads 1 --clock cpu  # on a busy machine
 
 The last line printed is one JSON object with every figure.
 """
@@ -56,6 +60,9 @@ BATCH = 8
 SEQ = 256
 LR = 3e-4
 TARGET_RATIO = 1.3
+# Wall-clock by default; ``--clock cpu`` (with ``--threads 1``) times CPU seconds of this
+# process instead, which other processes' load hardly moves: for comparing on a busy machine.
+CLOCK: Callable[[], float] = time.perf_counter
 TARGET_MFU = 0.75
 
 
@@ -96,7 +103,7 @@ def _training_step(
 
     def step() -> float:
         loss = loss_of(module, inputs, labels)
-        loss.backward()
+        torch.autograd.backward(loss)
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -161,7 +168,9 @@ def build_hf(size: Size, inputs: torch.Tensor, labels: torch.Tensor) -> Contende
         eos_token_id=None,
         pad_token_id=0,
     )
-    model = GPTNeoXForCausalLM._from_config(config, attn_implementation="sdpa").train()
+    model = GPTNeoXForCausalLM._from_config(  # type: ignore[no-untyped-call]
+        config, attn_implementation="sdpa"
+    ).train()
 
     def loss_of(m: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -174,7 +183,9 @@ def build_hf(size: Size, inputs: torch.Tensor, labels: torch.Tensor) -> Contende
     )
 
 
-def build_palm_rlhf(size: Size, inputs: torch.Tensor, labels: torch.Tensor) -> Contender:
+def build_palm_rlhf(
+    size: Size, inputs: torch.Tensor, labels: torch.Tensor, *, sdpa: bool
+) -> Contender:
     import warnings
 
     from palm_rlhf_pytorch import PaLM as SeedPaLM
@@ -186,7 +197,7 @@ def build_palm_rlhf(size: Size, inputs: torch.Tensor, labels: torch.Tensor) -> C
         depth=size.depth,
         heads=size.heads,
         dim_head=DIM_HEAD,
-        flash_attn=True,
+        flash_attn=sdpa,
     ).train()
 
     def loss_of(m: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -196,65 +207,85 @@ def build_palm_rlhf(size: Size, inputs: torch.Tensor, labels: torch.Tensor) -> C
 
     params = sum(p.numel() for p in model.parameters())
     return Contender(
-        "palm_rlhf",
-        "palm-rlhf-pytorch",
+        "palm_rlhf_sdpa" if sdpa else "palm_rlhf",
+        "palm-rlhf-pytorch" + (" (SDPA)" if sdpa else ""),
         params,
         params,
         _training_step(model, loss_of, model, inputs, labels),
     )
 
 
-def matmul_peak(repeats: int = 5) -> dict[str, float]:
-    """Best bf16 matmul GFLOP/s over a few square sizes (and float32 for reference)."""
-    out: dict[str, float] = {}
-    for dtype, key in ((torch.bfloat16, "bf16"), (torch.float32, "fp32")):
-        best = 0.0
-        for n in (1024, 2048, 3072):
-            a = torch.randn(n, n, dtype=dtype)
-            b = torch.randn(n, n, dtype=dtype)
-            a @ b
+class PeakMeter:
+    """Best bf16 matmul GFLOP/s seen: sampled once per timing round, between the contenders,
+    so that the peak and the contenders are measured under the same (varying) machine load."""
+
+    def __init__(self, sizes: tuple[int, ...] = (1024, 2048, 3072)) -> None:
+        self.bf16 = 0.0
+        self._operands = [
+            (n, torch.randn(n, n, dtype=torch.bfloat16), torch.randn(n, n, dtype=torch.bfloat16))
+            for n in sizes
+        ]
+        for _, a, b in self._operands:
+            a @ b  # first call: oneDNN primitive creation
+
+    def sample(self, repeats: int = 3) -> None:
+        for n, a, b in self._operands:
             for _ in range(repeats):
-                start = time.perf_counter()
+                start = CLOCK()
                 a @ b
-                best = max(best, 2 * n**3 / (time.perf_counter() - start) / 1e9)
-        out[key] = best
-    return out
+                self.bf16 = max(self.bf16, 2 * n**3 / (CLOCK() - start) / 1e9)
+
+
+def fp32_matmul_gflops(n: int = 2048, repeats: int = 3) -> float:
+    """Best float32 matmul GFLOP/s (for reference: bf16 is what training runs)."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    best = 0.0
+    for _ in range(repeats):
+        start = CLOCK()
+        a @ b
+        best = max(best, 2 * n**3 / (CLOCK() - start) / 1e9)
+    return best
 
 
 def measure(
-    contenders: list[Contender], *, warmup: int, steps: int, rounds: int
+    contenders: list[Contender], peak: PeakMeter, *, warmup: int, steps: int, rounds: int
 ) -> dict[str, dict[str, Any]]:
     """Best-round seconds per step of each contender (interleaved rounds)."""
     results: dict[str, dict[str, Any]] = {}
     for contender in contenders:
-        start = time.perf_counter()
+        start = CLOCK()
         losses = [contender.step() for _ in range(warmup)]
         results[contender.name] = {
-            "warmup_s": time.perf_counter() - start,
+            "warmup_s": CLOCK() - start,
             "first_loss": losses[0],
             "best_step_s": float("inf"),
             "rounds_s": [],
         }
     for _ in range(rounds):
+        peak.sample()
         for contender in contenders:
-            start = time.perf_counter()
+            start = CLOCK()
             for _ in range(steps):
                 contender.step()
-            seconds = (time.perf_counter() - start) / steps
+            seconds = (CLOCK() - start) / steps
             entry = results[contender.name]
             entry["rounds_s"].append(seconds)
             entry["best_step_s"] = min(entry["best_step_s"], seconds)
+    peak.sample()
     return results
 
 
-def run_size(size: Size, args: argparse.Namespace, peak_gflops: float) -> dict[str, dict[str, Any]]:
+def run_size(size: Size, args: argparse.Namespace, peak: PeakMeter) -> dict[str, dict[str, Any]]:
+    """Time every contender at one size; MFU is filled in later (against the final peak)."""
     torch.manual_seed(0)
     tokens = torch.randint(0, VOCAB, (BATCH, SEQ + 1))
     inputs, labels = tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous()
     builders: list[Callable[[], Contender]] = [
         lambda: build_ours(size, inputs, labels, compile_model=False),
         lambda: build_hf(size, inputs, labels),
-        lambda: build_palm_rlhf(size, inputs, labels),
+        lambda: build_palm_rlhf(size, inputs, labels, sdpa=False),
+        lambda: build_palm_rlhf(size, inputs, labels, sdpa=True),
     ]
     if args.compile == "on":
         builders.insert(1, lambda: build_ours(size, inputs, labels, compile_model=True))
@@ -262,20 +293,50 @@ def run_size(size: Size, args: argparse.Namespace, peak_gflops: float) -> dict[s
     for build in builders:
         torch.manual_seed(0)
         contenders.append(build())
-    results = measure(contenders, warmup=args.warmup, steps=args.steps, rounds=args.rounds)
+    results = measure(contenders, peak, warmup=args.warmup, steps=args.steps, rounds=args.rounds)
     for contender in contenders:
         entry = results[contender.name]
         tokens_per_s = BATCH * SEQ / entry["best_step_s"]
-        flops = 6 * contender.matmul_params * tokens_per_s
         entry.update(
             label=contender.label,
             params=contender.params,
             matmul_params=contender.matmul_params,
             tokens_per_s=tokens_per_s,
-            model_gflops=flops / 1e9,
-            mfu=flops / (peak_gflops * 1e9),
+            model_gflops=6 * contender.matmul_params * tokens_per_s / 1e9,
         )
     return results
+
+
+def summarise(name: str, results: dict[str, dict[str, Any]], peak: float) -> dict[str, Any]:
+    """Print one size's table; return its figures (MFU against ``peak`` GFLOP/s)."""
+    size = next(s for s in SIZES if s.name == name)
+    print(f"\n{name}: dim {size.dim}, depth {size.depth}, heads {size.heads}")
+    for entry in results.values():
+        entry["mfu"] = entry["model_gflops"] / peak
+        print(
+            f"  {entry['label']:<34} {entry['params'] / 1e6:6.2f}M params  "
+            f"{entry['tokens_per_s']:8.0f} tok/s  MFU {entry['mfu']:.2f}  "
+            f"(warmup {entry['warmup_s']:.1f} s; rounds "
+            + ", ".join(f"{s * 1000:.0f}" for s in entry["rounds_s"])
+            + " ms/step)"
+        )
+    ours = {n: e for n, e in results.items() if n.startswith("ours")}
+    best_ours = max(e["tokens_per_s"] for e in ours.values())
+    seed_best = max(results[n]["tokens_per_s"] for n in ("palm_rlhf", "palm_rlhf_sdpa"))
+    ratio_hf = best_ours / results["hf"]["tokens_per_s"]
+    ratio_seed = best_ours / seed_best
+    ours_mfu = max(e["mfu"] for e in ours.values())
+    print(
+        f"  ours (best) vs hf {ratio_hf:.2f}x, vs palm-rlhf (best) {ratio_seed:.2f}x "
+        f"(target {TARGET_RATIO}x); MFU {ours_mfu:.2f} (target {TARGET_MFU})"
+    )
+    return {
+        "contenders": {n: {k: v for k, v in e.items() if k != "label"} for n, e in results.items()},
+        "ours_best_tokens_per_s": best_ours,
+        "ratio_vs_hf": ratio_hf,
+        "ratio_vs_palm_rlhf": ratio_seed,
+        "ours_best_mfu": ours_mfu,
+    }
 
 
 def main() -> None:
@@ -285,64 +346,56 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--steps", type=int, default=None, help="timed steps per round")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=None, help="interleaved timing rounds")
     parser.add_argument("--compile", choices=("on", "off"), default="on")
+    parser.add_argument(
+        "--clock",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="cpu: CPU seconds of this process (needs --threads 1; robust to other load)",
+    )
     args = parser.parse_args()
+    if args.clock == "cpu":
+        if args.threads != 1:
+            parser.error("--clock cpu needs --threads 1 (CPU time adds up over threads)")
+        global CLOCK
+        CLOCK = time.process_time
     torch.set_num_threads(args.threads)
-    names = ["10M"] if args.quick else [s.name for s in SIZES]
-    if args.sizes:
-        names = args.sizes.split(",")
-    if args.steps is None:
-        args.steps = 2 if args.quick else 4
-    if args.quick:
-        args.rounds = min(args.rounds, 2)
+    names = args.sizes.split(",") if args.sizes else ["10M"] if args.quick else ["10M", "40M"]
+    unknown = set(names) - {s.name for s in SIZES}
+    if unknown:
+        parser.error(f"unknown sizes {sorted(unknown)}")
+    args.steps = args.steps or (2 if args.quick else 3)
+    args.rounds = args.rounds or (3 if args.quick else 5)
 
-    peak = matmul_peak()
+    peak = PeakMeter()
+    peak.sample()
+    fp32 = fp32_matmul_gflops()
     print(
-        f"torch {torch.__version__}, {args.threads} threads, {platform.processor() or 'cpu'}; "
-        f"matmul peak bf16 {peak['bf16']:.0f} GFLOP/s, fp32 {peak['fp32']:.0f} GFLOP/s"
+        f"torch {torch.__version__}, {args.threads} threads, {platform.machine()}, "
+        f"{args.clock} clock"
+    )
+    all_results = {
+        name: run_size(next(s for s in SIZES if s.name == name), args, peak) for name in names
+    }
+    print(
+        f"matmul peak (best seen during the run): bf16 {peak.bf16:.0f} GFLOP/s "
+        f"(fp32 {fp32:.0f} GFLOP/s)"
     )
     figures: dict[str, Any] = {
         "torch": torch.__version__,
         "threads": args.threads,
+        "clock": args.clock,
         "batch": BATCH,
         "seq": SEQ,
-        "peak_bf16_gflops": peak["bf16"],
-        "peak_fp32_gflops": peak["fp32"],
-        "sizes": {},
+        "steps_per_round": args.steps,
+        "rounds": args.rounds,
+        "peak_bf16_gflops": peak.bf16,
+        "fp32_matmul_gflops": fp32,
+        "sizes": {
+            name: summarise(name, results, peak.bf16) for name, results in all_results.items()
+        },
     }
-    for size in SIZES:
-        if size.name not in names:
-            continue
-        results = run_size(size, args, peak["bf16"])
-        print(f"\n{size.name}: dim {size.dim}, depth {size.depth}, heads {size.heads}")
-        for name, entry in results.items():
-            print(
-                f"  {entry['label']:<32} {entry['params'] / 1e6:6.2f}M params  "
-                f"{entry['tokens_per_s']:8.0f} tok/s  MFU {entry['mfu']:.2f}  "
-                f"(warmup {entry['warmup_s']:.1f} s, rounds "
-                + ", ".join(f"{s * 1000:.0f}" for s in entry["rounds_s"])
-                + " ms/step)"
-            )
-        best_ours = max(
-            (e["tokens_per_s"] for n, e in results.items() if n.startswith("ours")), default=0.0
-        )
-        ratios = {peer: best_ours / results[peer]["tokens_per_s"] for peer in ("hf", "palm_rlhf")}
-        ours_mfu = max(e["mfu"] for n, e in results.items() if n.startswith("ours"))
-        print(
-            f"  ours (best) vs hf {ratios['hf']:.2f}x, vs palm-rlhf {ratios['palm_rlhf']:.2f}x "
-            f"(target {TARGET_RATIO}x); MFU {ours_mfu:.2f} (target {TARGET_MFU})"
-        )
-        figures["sizes"][size.name] = {
-            "contenders": {
-                name: {k: v for k, v in entry.items() if k != "label"}
-                for name, entry in results.items()
-            },
-            "ours_best_tokens_per_s": best_ours,
-            "ratio_vs_hf": ratios["hf"],
-            "ratio_vs_palm_rlhf": ratios["palm_rlhf"],
-            "ours_best_mfu": ours_mfu,
-        }
     print(json.dumps(figures))
 
 

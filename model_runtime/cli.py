@@ -344,12 +344,26 @@ def add_corpus_command(subparsers: argparse._SubParsersAction[argparse.ArgumentP
     add_corpus_parser(subparsers)
 
 
+def add_train_command(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from model_runtime.training.cli import add_train_parser
+
+    add_train_parser(subparsers)
+
+
+def add_serve_command(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from model_runtime.server.cli import add_serve_parser
+
+    add_serve_parser(subparsers)
+
+
 COMMANDS: list[Registrar] = [
     add_tokenizer_command,
     add_corpus_command,
     add_init_command,
+    add_train_command,
     add_generate_command,
     add_chat_command,
+    add_serve_command,
 ]
 
 

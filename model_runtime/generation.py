@@ -70,6 +70,7 @@ class GenerationTokenizer(Protocol):
     eos_id: int
     end_id: int
     control_ids: frozenset[int]
+    never_generated_ids: frozenset[int]
 
     def incremental_decoder(self) -> TextDecoder: ...
 
@@ -217,6 +218,9 @@ class _BatchGeneration:
         self._max_seq_len = config.max_seq_len
         self._stop_ids = frozenset({tokenizer.end_id, tokenizer.eos_id, *params.stop_token_ids})
         self._control_ids = sorted(i for i in tokenizer.control_ids if i < config.vocab_size)
+        self._never_generated = sorted(
+            i for i in tokenizer.never_generated_ids if i < config.vocab_size
+        )
         for index, prompt in enumerate(prompts):
             if not prompt:
                 raise ValueError(f"prompt {index} is empty")
@@ -281,16 +285,22 @@ class _BatchGeneration:
             capacity=capacity,
         )
         padded = bool((lengths != width).any())
+        # Only the last position's logits are needed: its hidden state alone (the last layer
+        # and the (B, P, V) output projection run for that position only).
         hidden = model.hidden_states(
-            tokens, cache=cache, attention_mask=mask if padded else None, positions=positions
-        )
-        # Only the last position's logits are needed: skip the (B, P, V) projection.
+            tokens,
+            cache=cache,
+            attention_mask=mask if padded else None,
+            positions=positions,
+            last_only=True,
+        )  # (B, 1, D)
         logits = model.logits(hidden[:, -1])  # (B, V)
 
         self._cache = cache.repeat_interleave(n) if n > 1 else cache
         self._logits = logits.repeat_interleave(n, dim=0)  # (B*n, V)
+        # whether any row has pad keys; the mask is kept up to date only while one has
+        self._padded = padded
         self._mask = mask.repeat_interleave(n, dim=0)  # (B*n, S)
-        self._padded = padded  # whether any row has pad keys (else no mask is needed)
         self._next_position = lengths.repeat_interleave(n)  # (B*n,)
         self._seen: torch.Tensor | None = None
         self._counts: torch.Tensor | None = None
@@ -312,17 +322,19 @@ class _BatchGeneration:
         """Choose one token for every unfinished row, then feed the rows that go on."""
         params = self._params
         logits = self._logits  # (B, V) float32 raw model logits
-        if self._vocab < logits.shape[-1]:
-            logits = logits.clone()
-            logits[:, self._vocab :] = float("-inf")
+        logits = logits.clone()
+        logits[:, self._vocab :] = float("-inf")
+        # Role and padding tokens are never written by the model (see ChatTokenizer).
+        logits[:, self._never_generated] = float("-inf")
         processed = process_logits(logits, params, seen=self._seen, completion_counts=self._counts)
         if params.greedy:
             chosen = greedy_tokens(processed)
         else:
             generators = [self._rows[row].generator for row in self._active]
             chosen = sample_from_logits(processed, generators)  # (B,)
-        temperature = params.temperature if params.temperature > 0 else 1.0
-        logprobs = (logits / temperature).log_softmax(dim=-1).gather(-1, chosen[:, None])[:, 0]
+        if params.temperature > 0 and params.temperature != 1.0:
+            logits = logits / params.temperature
+        logprobs = logits.log_softmax(dim=-1).gather(-1, chosen[:, None])[:, 0]
 
         going_on: list[int] = []
         for position, (token, logprob) in enumerate(
@@ -382,8 +394,9 @@ class _BatchGeneration:
             return
         index = torch.tensor(positions, device=self._device)
         self._cache = self._cache.select(index)
-        self._mask = self._mask[index]
-        self._padded = self._padded and not bool(self._mask.all())
+        if self._padded:
+            self._mask = self._mask[index]
+            self._padded = not bool(self._mask.all())
         self._next_position = self._next_position[index]
         if self._seen is not None:
             self._seen = self._seen[index]
@@ -392,9 +405,9 @@ class _BatchGeneration:
 
     def _feed(self, tokens: torch.Tensor) -> None:
         """Run the model on one new token per active row: tokens (B,) -> self._logits (B, V)."""
-        batch = tokens.shape[0]
-        ones = torch.ones(batch, 1, dtype=torch.bool, device=self._device)
-        self._mask = torch.cat([self._mask, ones], dim=1)  # (B, S+1)
+        if self._padded:  # rows only leave the batch: once no pad key is held, none ever is
+            ones = torch.ones(tokens.shape[0], 1, dtype=torch.bool, device=self._device)
+            self._mask = torch.cat([self._mask, ones], dim=1)  # (B, S+1)
         logits = self._model(
             tokens[:, None],
             cache=self._cache,

@@ -9,91 +9,166 @@ for 8 rows (a 7040 x 768 weight, 1 thread), as fast for 256 rows, with bit-ident
 
 :func:`linear` takes that path only where it is sound and useful: bf16 input and weight on a CPU
 whose oneDNN has bf16 kernels, and no autograd (packed products have no backward). Everything else
-(float32, CUDA, training) is plain ``F.linear``.
+(float32, CUDA, training) is plain ``F.linear``. :func:`linear_sum` adds up several products with
+one output (PaLM's attention and feed-forward output projections) as one product over the
+concatenated inputs and weights: one pass over the weights instead of several, and for small
+weights the fixed cost of a call, which dominates at one row, is paid once.
 
-A weight's packed copy is made on first use and kept while the weight is unchanged, judged by its
-storage and its version counter. The cache holds an alias of the weight it packed, so that
+A packed copy is made on first use and kept while its weights are unchanged, judged by their
+storage and their version counters. The cache holds an alias of each weight it packed, so that
 storage cannot be freed and its address reused by another tensor: the same data pointer means the
-same storage. Every in-place change made through the weight or a view of it (optimizer steps,
-``load_state_dict``, LoRA merges) bumps the version counter. A change that bypasses the counter
-(writing through ``weight.data``; fused optimizers, which the trainer does not use, and which
-only ever update float32 training weights here) must be followed by :func:`forget_packed`.
-Each packed weight is a second copy of the weight in memory, freed with the weight.
+same storage. Every in-place change made through a weight or a view of it (optimizer steps,
+``load_state_dict``, LoRA merges) bumps the version counter. Weights created under
+``torch.inference_mode`` have no version counter, so they are never packed. A change that
+bypasses the counter (writing through ``weight.data``; fused optimizers, which the trainer does
+not use, and which only ever update float32 training weights here) must be followed by
+:func:`forget_packed`. A packed copy is a second copy of its weights in memory, freed with them.
 """
 
 from __future__ import annotations
 
+import weakref
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
 
 import torch
 import torch.nn.functional as F
-from torch.utils.weak import WeakIdKeyDictionary
 
 
 @dataclass(frozen=True)
 class _Packed:
-    source: torch.Tensor  # alias of the packed weight: keeps its storage alive, shares its version
-    version: int
-    packed: torch.Tensor  # oneDNN-layout copy
+    sources: tuple[torch.Tensor, ...]  # aliases of the weights: keep storage alive, share versions
+    # what each weight was when packed: version, data pointer, shape, strides
+    states: tuple[tuple[int, int, torch.Size, tuple[int, ...]], ...]
+    packed: torch.Tensor  # oneDNN-layout copy of the weights concatenated along the input axis
+
+    def holds(self, weights: Sequence[torch.Tensor]) -> bool:
+        """Whether this copy was packed from ``weights`` as they are now."""
+        return len(weights) == len(self.states) and all(
+            _state(w) == state for w, state in zip(weights, self.states, strict=True)
+        )
 
 
-_PACKED = WeakIdKeyDictionary()  # weight -> _Packed, dropped when the weight is collected
+def _state(weight: torch.Tensor) -> tuple[int, int, torch.Size, tuple[int, ...]]:
+    return weight._version, weight.data_ptr(), weight.shape, weight.stride()
+
+
+class _PackedTable:
+    """Packed copies keyed by the identity of their first weight; an entry is dropped when that
+    weight is collected (entries hold aliases of the weights' storage, never the weights)."""
+
+    def __init__(self) -> None:
+        self._entries: dict[int, _Packed] = {}
+
+    def get(self, weight: torch.Tensor) -> _Packed | None:
+        return self._entries.get(id(weight))
+
+    def put(self, weight: torch.Tensor, entry: _Packed) -> None:
+        key = id(weight)
+        if key not in self._entries:
+            weakref.finalize(weight, self._entries.pop, key, None)
+        self._entries[key] = entry
+
+    def forget(self, weight: torch.Tensor | None) -> None:
+        """Drop the entries packed from ``weight`` (every entry when None)."""
+        for key, entry in list(self._entries.items()):
+            if weight is None or any(
+                source.data_ptr() == weight.data_ptr() for source in entry.sources
+            ):
+                del self._entries[key]
+
+
+# Single weights and sums live apart, so a weight used both alone and first in a sum keeps both.
+_SINGLE = _PackedTable()
+_SUMS = _PackedTable()
 
 
 @cache
 def _bf16_kernels() -> bool:
     """Whether this build and CPU have oneDNN bf16 linear kernels."""
-    return bool(
-        torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
-    )
-
-
-def uses_packed(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """Whether :func:`linear` would take the packed path for these tensors."""
-    return (
-        x.dtype == torch.bfloat16
-        and weight.dtype == torch.bfloat16
-        and x.device.type == "cpu"
-        and weight.device.type == "cpu"
-        and weight.dim() == 2
-        and weight.is_contiguous()
-        and x.dim() >= 2
-        and x.numel() > 0
-        and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
-        and _bf16_kernels()
-    )
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a build without oneDNN
+        return False
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """``F.linear(x, weight)``: x (..., in), weight (out, in) -> (..., out)."""
-    if not uses_packed(x, weight):
+    packed = _packed_for((x,), (weight,), _SINGLE)
+    if packed is None:
         return F.linear(x, weight)
-    out: torch.Tensor = torch.ops.mkldnn._linear_pointwise(x, _packed(weight), None, "none", [], "")
-    return out
+    return _product(x, packed)
+
+
+def linear_sum(inputs: Sequence[torch.Tensor], weights: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``sum_i F.linear(inputs[i], weights[i])``: inputs[i] (..., in_i), weights[i] (out, in_i)
+    -> (..., out). On the packed path one product of the inputs concatenated along the last axis
+    with the weights concatenated along their input axis (summed in float32, rounded once)."""
+    if len(inputs) != len(weights) or not inputs:
+        raise ValueError(f"need one weight per input, got {len(inputs)} and {len(weights)}")
+    packed = _packed_for(inputs, weights, _SUMS)
+    if packed is None:
+        out = F.linear(inputs[0], weights[0])
+        for x, w in zip(inputs[1:], weights[1:], strict=True):
+            out = out + F.linear(x, w)
+        return out
+    return _product(torch.cat(tuple(inputs), dim=-1), packed)
+
+
+def uses_packed(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether :func:`linear` takes the packed path for these tensors."""
+    return _packable_inputs((x,), (weight,)) and _packable_weight(weight)
 
 
 def forget_packed(weight: torch.Tensor | None = None) -> None:
-    """Drop the packed copy of ``weight`` (of every weight when None); it is rebuilt on next use."""
-    if weight is None:
-        _PACKED.clear()
-    else:
-        _PACKED.pop(weight, None)
+    """Drop the packed copies made from ``weight`` (from every weight when None); they are
+    rebuilt on next use."""
+    _SINGLE.forget(weight)
+    _SUMS.forget(weight)
 
 
-def _packed(weight: torch.Tensor) -> torch.Tensor:
-    """The packed copy of ``weight``, made now if there is none or the weight changed."""
-    entry: _Packed | None = _PACKED.get(weight)
-    if (
-        entry is not None
-        and entry.version == weight._version
-        and entry.source.data_ptr() == weight.data_ptr()
-        and entry.source.shape == weight.shape
-        and entry.source.stride() == weight.stride()
-    ):
-        return entry.packed
+def _packable_inputs(inputs: Sequence[torch.Tensor], weights: Sequence[torch.Tensor]) -> bool:
+    """bf16 CPU inputs with rows, and no gradient to compute."""
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (*inputs, *weights)):
+        return False
+    return all(x.dtype == torch.bfloat16 and x.is_cpu and x.dim() >= 2 for x in inputs) and all(
+        x.numel() > 0 for x in inputs
+    )
+
+
+def _packable_weight(weight: torch.Tensor) -> bool:
+    return (
+        weight.dtype == torch.bfloat16
+        and weight.is_cpu
+        and weight.dim() == 2
+        and weight.is_contiguous()
+        and not weight.is_inference()  # made under inference_mode: no version counter to watch
+        and _bf16_kernels()
+    )
+
+
+def _packed_for(
+    inputs: Sequence[torch.Tensor], weights: Sequence[torch.Tensor], table: _PackedTable
+) -> torch.Tensor | None:
+    """The packed copy of ``weights`` (concatenated along the input axis) when the packed path
+    applies to these inputs, made now if there is none or a weight changed; else None."""
+    if not _packable_inputs(inputs, weights):
+        return None
+    entry = table.get(weights[0])
+    if entry is not None and entry.holds(weights):
+        return entry.packed  # a held copy implies the weights passed _packable_weight
+    if not all(_packable_weight(w) for w in weights):
+        return None
     with torch.no_grad():
-        source = weight.detach()
-        packed = torch.ops.mkldnn._reorder_linear_weight(source, 1)
-    _PACKED[weight] = _Packed(source=source, version=weight._version, packed=packed)
+        sources = tuple(w.detach() for w in weights)
+        whole = sources[0] if len(sources) == 1 else torch.cat(sources, dim=1)
+        packed: torch.Tensor = torch.ops.mkldnn._reorder_linear_weight(whole, 1)
+    states = tuple(_state(w) for w in weights)
+    table.put(weights[0], _Packed(sources=sources, states=states, packed=packed))
     return packed
+
+
+def _product(x: torch.Tensor, packed: torch.Tensor) -> torch.Tensor:
+    out: torch.Tensor = torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], "")
+    return out

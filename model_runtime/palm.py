@@ -59,39 +59,89 @@ class ParallelBlock(nn.Module):
         mask: torch.Tensor | None,
         cache: KVCache | None,
         layer: int,
+        *,
+        last_only: bool = False,
     ) -> torch.Tensor:
-        """x: (B, T, D) -> (B, T, D). ``mask``: (B or 1, 1, T*H, S+T) bool, True = may attend,
-        rows ordered (token, head); None = every key visible. ``cache``: keys/values of the S
-        earlier tokens; this layer's T new ones are written into it."""
+        """x: (B, T, D) -> (B, T, D). ``mask``: (B or 1, 1, T*H, S+T) additive float, 0 = may
+        attend, -inf = may not, rows ordered (token, head); None = every key visible.
+        ``cache``: keys/values of the S earlier tokens; this layer's T new ones are written into
+        it. ``last_only``: return the last position's output alone, (B, 1, D); every position's
+        key and value still go to the cache, but queries, attention and the feed-forward run for
+        that one position (all that a prefill needs from the last layer)."""
+        # Decoding runs this once per layer per token with tiny tensors, where each tensor
+        # operation costs more than its arithmetic: the code keeps their number low.
         batch, new, _ = x.shape
-        heads, dim_head = self.config.heads, self.config.dim_head
+        config = self.config
+        heads, dim_head = config.heads, config.dim_head
         h = self.norm(x)  # (B, T, D)
-        fused = _project(self.fused_in, h)  # (B, T, F)
-        # column order of the fused output: PaLMConfig.fused_in_layout() (q, k, v, ff_in)
-        qk_width = (heads + 1) * dim_head  # q then k: adjacent in the fused output
-        qk = fused[..., :qk_width].view(batch, new, heads + 1, dim_head)  # (B, T, H+1, dh)
-        v = fused[..., qk_width : qk_width + dim_head]  # (B, T, dh)
-        ff = fused[..., qk_width + dim_head :]  # (B, T, 2 * ff_inner)
-        if self.q_norm is not None and self.k_norm is not None:
-            q = rotary.rotate_queries(self.q_norm(qk[:, :, :heads]))  # (B, T, H, dh)
-            k = rotary.rotate_keys(self.k_norm(qk[:, :, heads]))  # (B, T, dh)
+        if last_only and new > 1:
+            q, k, v, ff_value, ff_gate = self._last_position_inputs(h, rotary)
+            x, new = x[:, -1:], 1
+            if mask is not None:
+                mask = mask[:, :, -heads:]  # the last token's H query rows
         else:
-            qk = rotary.rotate_joint(qk)  # one complex product for queries and key
-            q, k = qk[:, :, :heads], qk[:, :, heads]  # (B, T, H, dh), (B, T, dh)
+            fused = _project(self.fused_in, h)  # (B, T, F)
+            # column order of the fused output: PaLMConfig.fused_in_layout() (q, k, v, ff_in),
+            # with q and k adjacent so that one complex product rotates both
+            qk, v, ff_value, ff_gate = fused.split_with_sizes(
+                [(heads + 1) * dim_head, dim_head, config.ff_inner, config.ff_inner], dim=-1
+            )  # (B, T, (H+1)*dh), (B, T, dh), (B, T, ff_inner) x 2
+            qk = qk.view(batch, new, heads + 1, dim_head)  # (B, T, H+1, dh)
+            if self.q_norm is not None and self.k_norm is not None:
+                q = rotary.rotate_queries(self.q_norm(qk[:, :, :heads]))  # (B, T, H, dh)
+                k = rotary.rotate_keys(self.k_norm(qk[:, :, heads]))  # (B, T, dh)
+            else:
+                qk = rotary.rotate_joint(qk)
+                q, k = qk[:, :, :heads], qk[:, :, heads]  # (B, T, H, dh), (B, T, dh)
         if cache is not None:
             k, v = cache.write(layer, k, v)  # (B, S+T, dh) each
-            k, v = k.to(q.dtype), v.to(q.dtype)
+            if k.dtype != q.dtype:
+                k, v = k.to(q.dtype), v.to(q.dtype)
+        if mask is not None and mask.dtype != q.dtype:
+            mask = mask.to(q.dtype)  # -inf and 0 are exact in every float dtype
         attn = F.scaled_dot_product_attention(
             q.reshape(batch, 1, new * heads, dim_head),  # (B, 1, T*H, dh)
-            k[:, None],  # (B, 1, S+T, dh)
-            v[:, None],
+            k.unsqueeze(1),  # (B, 1, S+T, dh)
+            v.unsqueeze(1),
             attn_mask=mask,
         )  # (B, 1, T*H, dh)
         attn = attn.reshape(batch, new, heads * dim_head)  # (B, T, H*dh)
-        ff_value, ff_gate = ff.chunk(2, dim=-1)  # (B, T, ff_inner) each
-        swiglu = F.silu(ff_gate) * ff_value
-        out: torch.Tensor = x + _project(self.attn_out, attn) + _project(self.ff_out, swiglu)
+        swiglu = F.silu(ff_gate) * ff_value  # (B, T, ff_inner)
+        if type(self.attn_out) is nn.Linear and type(self.ff_out) is nn.Linear:
+            # one product over [attn, swiglu] and [W_attn_out, W_ff_out] where that is faster
+            projected = packed_linear.linear_sum(
+                (attn, swiglu), (self.attn_out.weight, self.ff_out.weight)
+            )
+        else:  # LoRA-wrapped projections run their own forward
+            projected = self.attn_out(attn) + self.ff_out(swiglu)
+        out: torch.Tensor = x + projected
         return out
+
+    def _last_position_inputs(
+        self, h: torch.Tensor, rotary: RotaryTables
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """From the normed input h (B, T, D): rotated queries (B, 1, H, dh) and the SwiGLU value
+        and gate (B, 1, ff_inner) of the last position; rotated keys and values (B, T, dh) of
+        every position."""
+        config = self.config
+        heads, dim_head, batch = config.heads, config.dim_head, h.shape[0]
+        layout = config.fused_in_layout()
+        start, stop = layout["k"][0], layout["v"][1]  # adjacent rows: keys then values
+        if type(self.fused_in) is nn.Linear:
+            # a (T, D) x (D, 2 dh) product for every position, the full one for the last
+            keys_values = F.linear(h, self.fused_in.weight[start:stop])  # (B, T, 2*dh)
+            fused = _project(self.fused_in, h[:, -1:])  # (B, 1, F)
+        else:  # LoRA-wrapped: its own forward over every position
+            full = self.fused_in(h)
+            keys_values, fused = full[..., start:stop], full[:, -1:]
+        q, _, ff_value, ff_gate = fused.split_with_sizes(
+            [heads * dim_head, 2 * dim_head, config.ff_inner, config.ff_inner], dim=-1
+        )
+        q = q.view(batch, 1, heads, dim_head)  # (B, 1, H, dh)
+        k, v = keys_values.split_with_sizes([dim_head, dim_head], dim=-1)  # (B, T, dh) each
+        if self.q_norm is not None and self.k_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        return rotary.last().rotate_queries(q), rotary.rotate_keys(k), v, ff_value, ff_gate
 
 
 def _project(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -144,8 +194,12 @@ class PaLM(nn.Module):
         cache: KVCache | None = None,
         attention_mask: torch.Tensor | None = None,
         positions: torch.Tensor | None = None,
+        last_only: bool = False,
     ) -> torch.Tensor:
-        """Final-normed trunk output (B, T, D) for ``tokens`` (B, T) int64.
+        """Final-normed trunk output (B, T, D) for ``tokens`` (B, T) int64; with ``last_only``
+        that of the last position alone, (B, 1, D), computed with less work (the last layer
+        runs queries, attention and feed-forward for that position only; the cache still gets
+        every position's keys and values): what a prefill before generation needs.
 
         ``cache``: keys/values of S earlier tokens, appended in place with the T new ones.
         ``attention_mask``: (B, S + T) bool, True = this key may be attended (pads False);
@@ -181,8 +235,9 @@ class PaLM(nn.Module):
         x = self.embed(tokens)  # (B, T, D)
         if cache is not None:
             cache.reserve(new)
+        last_layer = len(self.blocks) - 1
         for index, block in enumerate(self.blocks):
-            x = block(x, rotary, mask, cache, index)
+            x = block(x, rotary, mask, cache, index, last_only=last_only and index == last_layer)
         if cache is not None:
             cache.advance(new)
         out: torch.Tensor = self.norm(x)  # (B, T, D)
@@ -215,8 +270,12 @@ class PaLM(nn.Module):
         attention_mask: torch.Tensor | None,
         device: torch.device,
     ) -> torch.Tensor | None:
-        """Boolean (B or 1, 1, T*H, S+T) mask, rows ordered (token, head); None when every key
-        is visible (one new token, no padding)."""
+        """Additive (B or 1, 1, T*H, S+T) mask, 0 where a query may attend and -inf elsewhere,
+        rows ordered (token, head); None when every key is visible (one new token, no padding).
+
+        Additive rather than boolean because SDPA converts a boolean mask to this on every call
+        (once per layer); it is made in the dtype the queries will have (autocast's when on,
+        else the weights'), and a block converts it if its queries differ."""
         if attention_mask is None and new == 1:
             return None
         key_pos = torch.arange(past + new, device=device)  # (S+T,)
@@ -228,4 +287,10 @@ class PaLM(nn.Module):
         rows, keys = allowed.shape[0], past + new
         heads = self.config.heads
         allowed = allowed[:, :, None, :].expand(rows, new, heads, keys)  # (B, T, H, S+T)
-        return allowed.reshape(rows, 1, new * heads, keys)
+        allowed = allowed.reshape(rows, 1, new * heads, keys)
+        if torch.is_autocast_enabled(device.type):
+            dtype = torch.get_autocast_dtype(device.type)
+        else:
+            dtype = self.embed.weight.dtype
+        additive = torch.zeros(allowed.shape, dtype=dtype, device=device)
+        return additive.masked_fill_(~allowed, float("-inf"))

@@ -20,6 +20,7 @@ product only sees ``m - n``) and halves the largest exponent, keeping the scales
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import torch
 
@@ -41,26 +42,23 @@ class RotaryTables:
 
     @classmethod
     def build(cls, config: PaLMConfig, positions: torch.Tensor) -> RotaryTables:
-        """Tables for ``positions`` (B or 1, T), integer positions (may be negative for pads)."""
-        device = positions.device
-        half = config.dim_head // 2
-        exponents = torch.arange(half, device=device, dtype=torch.float32) * 2 / config.dim_head
-        inv_freq = config.rotary_base ** (-exponents)  # (dh/2,)
-        pos = positions.to(torch.float32)  # (B, T)
-        angles = pos[..., None] * inv_freq  # (B, T, dh/2)
-        if config.use_xpos:
-            zeta = (exponents + 0.4) / 1.4  # (dh/2,)
-            power = (pos - config.max_seq_len // 2) / config.xpos_scale_base  # (B, T)
-            q_scale = zeta ** power[..., None]  # (B, T, dh/2)
+        """Tables for ``positions`` (B or 1, T), integer positions (may be negative for pads).
+
+        Positions in ``[0, max_seq_len)`` are looked up in a table computed once per config and
+        device (a decoding step would otherwise spend a dozen small kernels on its one position);
+        any other position is computed the same way on the spot."""
+        low, high = torch.aminmax(positions)
+        if int(low) >= 0 and int(high) < config.max_seq_len:
+            joint = _position_table(config, positions.device)[positions]  # (B, T, H + 1, dh/2)
         else:
-            q_scale = torch.ones_like(angles)
-        queries = torch.polar(q_scale, angles)  # (B, T, dh/2) complex64
-        keys = torch.polar(q_scale.reciprocal(), angles)
-        rows, new, _ = queries.shape
-        joint = torch.cat(
-            (queries[:, :, None].expand(rows, new, config.heads, half), keys[:, :, None]), dim=2
-        )  # (B, T, H + 1, dh/2)
-        return cls(queries=queries[:, :, None], keys=keys, joint=joint)
+            joint = _joint_factors(config, positions)
+        return cls(queries=joint[:, :, :1], keys=joint[:, :, config.heads], joint=joint)
+
+    def last(self) -> RotaryTables:
+        """The tables of the last position only (T = 1)."""
+        return RotaryTables(
+            queries=self.queries[:, -1:], keys=self.keys[:, -1:], joint=self.joint[:, -1:]
+        )
 
     def rotate_queries(self, q: torch.Tensor) -> torch.Tensor:
         """q: (B, T, H, dh) in any dtype -> same shape and dtype, rotated (and xPos-scaled)."""
@@ -75,7 +73,38 @@ class RotaryTables:
         return _rotate(qk, self.joint)
 
 
+def _joint_factors(config: PaLMConfig, positions: torch.Tensor) -> torch.Tensor:
+    """complex64 (B or 1, T, H + 1, dh/2): the query factor for the H heads, then the key's."""
+    device = positions.device
+    half = config.dim_head // 2
+    exponents = torch.arange(half, device=device, dtype=torch.float32) * 2 / config.dim_head
+    inv_freq = config.rotary_base ** (-exponents)  # (dh/2,)
+    pos = positions.to(torch.float32)  # (B, T)
+    angles = pos[..., None] * inv_freq  # (B, T, dh/2)
+    if config.use_xpos:
+        zeta = (exponents + 0.4) / 1.4  # (dh/2,)
+        power = (pos - config.max_seq_len // 2) / config.xpos_scale_base  # (B, T)
+        q_scale = zeta ** power[..., None]  # (B, T, dh/2)
+    else:
+        q_scale = torch.ones_like(angles)
+    queries = torch.polar(q_scale, angles)  # (B, T, dh/2) complex64
+    keys = torch.polar(q_scale.reciprocal(), angles)
+    rows, new, _ = queries.shape
+    return torch.cat(
+        (queries[:, :, None].expand(rows, new, config.heads, half), keys[:, :, None]), dim=2
+    )  # (B, T, H + 1, dh/2)
+
+
+@lru_cache(maxsize=8)
+def _position_table(config: PaLMConfig, device: torch.device) -> torch.Tensor:
+    """(max_seq_len, H + 1, dh/2) joint factors of positions 0 .. max_seq_len - 1 (made as a
+    normal tensor even under inference_mode, so that training may index it later)."""
+    with torch.inference_mode(False), torch.no_grad():
+        positions = torch.arange(config.max_seq_len, device=device)[None]  # (1, L)
+        return _joint_factors(config, positions)[0]
+
+
 def _rotate(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     """Multiply each feature pair of ``x`` (..., dh) by ``factor`` (..., dh/2), in float32."""
-    pairs = torch.view_as_complex(x.float().reshape(*x.shape[:-1], -1, 2))  # (..., dh/2) complex64
-    return torch.view_as_real(pairs * factor).flatten(-2).to(x.dtype)
+    pairs = x.float().view(torch.complex64)  # (..., dh/2): feature pairs as complex numbers
+    return (pairs * factor).view(torch.float32).to(x.dtype)

@@ -82,6 +82,11 @@ class ChatTokenizer:
         self.assistant_id = SPECIAL_TOKENS.index("<|assistant|>")
         self.end_id = SPECIAL_TOKENS.index("<|end|>")
         self.control_ids: frozenset[int] = frozenset(range(len(SPECIAL_TOKENS)))
+        # A model may end its turn (<|end|>, <|endoftext|>) but never open a turn of its own,
+        # speak for the user or the system, or emit padding: generation never draws these.
+        self.never_generated_ids: frozenset[int] = frozenset(
+            {self.pad_id, self.system_id, self.user_id, self.assistant_id}
+        )
         self._role_ids = {
             "system": self.system_id,
             "user": self.user_id,

@@ -83,7 +83,8 @@ class RemoteInferenceClient:
                     if data == "[DONE]":
                         break
                     chunk = json.loads(data)
-                    model = chunk.get("model", model)
+                    # The fingerprint (name@sha256 prefix) names the exact weights, as in-process.
+                    model = chunk.get("system_fingerprint") or chunk.get("model") or model
                     if chunk.get("usage"):
                         usage = chunk["usage"]
                     for choice in chunk.get("choices", []):

@@ -399,25 +399,31 @@ class Engine:
         return admitted, version
 
     def _admit(self, admitted: list[EngineRequest], version: LoadedVersion) -> None:
-        """Prefill each admitted request into the current version's batch."""
+        """Prefill the admitted requests (together) into the current version's batch."""
         if not admitted:
             return
         batch = next((b for b in self._batches if b.version is version), None)
         if batch is None:
-            batch = DecodeBatch(version, kv_headroom=self.config.kv_headroom)
+            batch = DecodeBatch(
+                version,
+                kv_headroom=self.config.kv_headroom,
+                max_prefill_tokens=self.config.max_prefill_tokens,
+            )
             self._batches.append(batch)
+        ready = []
         for request in admitted:
             if request.handle.cancelled or time.monotonic() > request.deadline:
                 _finish_unstarted(request, version.info)
                 continue
             try:
-                self._check_prompt(request.prompt, version)
-                batch.prefill(request)
+                self._check_prompt(request.prompt, version)  # the version may have changed
             except InvalidRequestError as error:
                 request.handle._fail(error)
-            except (RuntimeError, ValueError) as error:
-                log.exception("prefill failed")
-                request.handle._fail(GenerationFailedError(f"prefill failed: {error}"))
+                continue
+            ready.append(request)
+        for request, failure in batch.prefill(ready):
+            log.error("prefill failed: %s", failure)
+            request.handle._fail(GenerationFailedError(f"prefill failed: {failure}"))
 
     def _step_all(self) -> None:
         for batch in list(self._batches):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -97,7 +97,9 @@ class RequestHandle:
     def __init__(self, request: EngineRequest) -> None:
         self.request_id = request.request_id
         self.seed = request.params.seed
-        self._cond = threading.Condition()
+        lock = threading.Lock()
+        self._cond = threading.Condition(lock)  # guards the state; streams wait here for pieces
+        self._ended_cond = threading.Condition(lock)  # result() waits here: woken once, at the end
         self._pieces: list[str] = []
         self._result: CompletionResult | None = None
         self._error: EngineError | None = None
@@ -129,7 +131,7 @@ class RequestHandle:
         """Block until the request ends; raise its EngineError if it failed, TimeoutError if
         ``timeout`` seconds pass first."""
         with self._cond:
-            if not self._cond.wait_for(self._ended, timeout):
+            if not self._ended_cond.wait_for(self._ended, timeout):
                 raise TimeoutError(f"request {self.request_id} still running after {timeout}s")
             return self._outcome()
 
@@ -191,25 +193,32 @@ class RequestHandle:
                 self.cancel()
 
     # --- scheduler side ---------------------------------------------------------------------
+    # With ``wake=False`` the caller wakes the readers later through :func:`wake_readers`, so a
+    # decode step wakes each event loop once for all of its streams (one syscall, one task
+    # switch) instead of once per row.
 
-    def _publish(self, piece: str) -> None:
+    def _publish(self, piece: str, *, wake: bool = True) -> None:
         if not piece:
             return
         with self._cond:
             self._pieces.append(piece)
-            self._notify()
+            if wake:
+                self._wake_async(self._take_waiters())
 
-    def _finish(self, result: CompletionResult) -> None:
+    def _finish(self, result: CompletionResult, *, wake: bool = True) -> None:
         with self._cond:
             self._result = result
-            self._notify()
+            self._ended_cond.notify_all()
+            if wake:
+                self._wake_async(self._take_waiters())
 
     def _fail(self, error: EngineError) -> None:
         with self._cond:
             if self._ended():
                 return
             self._error = error
-            self._notify()
+            self._ended_cond.notify_all()
+            self._wake_async(self._take_waiters())
 
     # --- internals (call with self._cond held) -------------------------------------------------
 
@@ -232,13 +241,37 @@ class RequestHandle:
         self._waiters.append((loop, future))
         return future
 
-    def _notify(self) -> None:
+    def _take_waiters(self) -> list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]]:
+        """Wake sync streams now; hand over the async ones' futures (call with the lock held)."""
         self._cond.notify_all()
         waiters, self._waiters = self._waiters, []
+        return waiters
+
+    @staticmethod
+    def _wake_async(waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]]) -> None:
         for loop, future in waiters:
             # A closed event loop raises RuntimeError: nobody waits there any more.
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(_resolve, future)
+
+
+def wake_readers(handles: Iterable[RequestHandle]) -> None:
+    """Wake everyone reading ``handles`` (after ``_publish``/``_finish`` with ``wake=False``):
+    sync streams on their conditions, and each event loop once for all its futures."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
+    for handle in handles:
+        with handle._cond:
+            waiters = handle._take_waiters()
+        for loop, future in waiters:
+            by_loop.setdefault(loop, []).append(future)
+    for loop, futures in by_loop.items():
+        with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits there any more
+            loop.call_soon_threadsafe(_resolve_all, futures)
+
+
+def _resolve_all(futures: list[asyncio.Future[None]]) -> None:
+    for future in futures:
+        _resolve(future)
 
 
 def _resolve(future: asyncio.Future[None]) -> None:

@@ -20,12 +20,12 @@ ADMIN_KEY_ENV = "PALMLOOP_ADMIN_KEY"
 
 
 def add_serve_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add the ``serve`` subcommand; its ``handler`` runs the server and returns an exit code."""
+    """Add the ``serve`` subcommand; its ``func`` runs the server and returns an exit code."""
     parser = subparsers.add_parser(
         "serve", help="serve a checkpoint over an OpenAI-compatible HTTP API"
     )
     add_serve_arguments(parser)
-    parser.set_defaults(handler=run_serve)
+    parser.set_defaults(func=run_serve)
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:

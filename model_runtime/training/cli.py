@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,7 +22,7 @@ def add_train_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentPar
         help="pretrain or SFT a PaLM policy from a JSON config (resumable; torchrun for DDP)",
     )
     _add_arguments(parser)
-    parser.set_defaults(handler=run_train)
+    parser.set_defaults(func=run_train)
 
 
 def _add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -64,6 +65,8 @@ def run_train(args: argparse.Namespace) -> int:
         raise ValueError(f"{path}: must be a JSON object")
     config = TrainConfig.from_dict(overridden(data, args.set), source=str(path))
     result = run_training(config)
+    if os.environ.get("RANK", "0") != "0":
+        return 0  # under torchrun, rank 0 alone reports
     summary: dict[str, object] = {"step": result.step, "finished": result.finished}
     if result.losses:
         summary["last_loss"] = result.losses[-1]

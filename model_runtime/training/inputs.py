@@ -6,7 +6,8 @@ resumed run reuses that file).
 
 Token rows are cached under ``output_dir/data_cache/`` in a ``.npz`` keyed by the sha256 of
 everything they depend on (the files' bytes, the tokenizer, the data settings), so a resumed run
-skips tokenizing the corpus again; a changed file or setting gives another key.
+skips tokenizing the corpus again (and in a distributed run only rank 0 tokenizes); a changed
+file or setting gives another key.
 """
 
 from __future__ import annotations
@@ -64,20 +65,25 @@ def load_tokenizer(config: TrainConfig, context: DistributedContext) -> ChatToke
     return ChatTokenizer.from_file(path)
 
 
-def load_training_data(config: TrainConfig, tokenizer: ChatTokenizer) -> TrainingData:
-    """Train and held-out rows for ``config`` (from the cache when it has them)."""
+def load_training_data(
+    config: TrainConfig, tokenizer: ChatTokenizer, context: DistributedContext | None = None
+) -> TrainingData:
+    """Train and held-out rows for ``config``, from the cache when it has them. In a
+    distributed run rank 0 builds and caches them while the other ranks wait, then read it."""
     train_files = data_lib.expand_files(config.train_files)
     eval_files = data_lib.expand_files(config.eval_files) if config.eval_files else []
     key = _cache_key(config, tokenizer, train_files, eval_files)
     cache = Path(config.output_dir) / CACHE_DIR / f"{key}.npz"
-    if cache.is_file():
-        return _read_cache(cache)
-    if config.stage == "pretrain":
-        result = _pretraining_data(config, tokenizer, train_files, eval_files)
-    else:
-        result = _sft_data(config, tokenizer, train_files, eval_files)
-    _write_cache(cache, result)
-    return result
+    built: TrainingData | None = None
+    if not cache.is_file() and (context is None or context.is_main):
+        if config.stage == "pretrain":
+            built = _pretraining_data(config, tokenizer, train_files, eval_files)
+        else:
+            built = _sft_data(config, tokenizer, train_files, eval_files)
+        _write_cache(cache, built)
+    if context is not None:
+        barrier(context)
+    return built if built is not None else _read_cache(cache)
 
 
 def _split(config: TrainConfig, count: int) -> tuple[IndexArray, IndexArray]:
@@ -173,6 +179,7 @@ def _write_cache(path: Path, data: TrainingData) -> None:
     os.close(fd)
     try:
         np.savez(staging, **arrays)  # type: ignore[arg-type]
+        os.chmod(staging, 0o644)
         os.replace(staging, path)
     except BaseException:
         Path(staging).unlink(missing_ok=True)

@@ -61,12 +61,7 @@ from model_runtime.training.distributed import (
 from model_runtime.training.inputs import TrainingData, load_tokenizer, load_training_data
 from model_runtime.training.schedule import WarmupCosine
 from model_runtime.training.state import ResumeError
-from model_runtime.training.step import (
-    autocast,
-    build_adamw,
-    freeze_all_but_last_blocks,
-    lm_loss_sum,
-)
+from model_runtime.training.step import CausalLMLoss, build_adamw, freeze_all_but_last_blocks
 
 __all__ = ["EvalResult", "ResumeError", "TrainResult", "Trainer", "run_training"]
 
@@ -104,7 +99,7 @@ class _Parts:
 
     context: DistributedContext
     model: PaLM  # the plain module: saved, loaded, evaluated
-    train_model: nn.Module  # what forward/backward run through (DDP and/or compiled)
+    train_model: nn.Module  # CausalLMLoss(model), in DDP and/or compiled: (inputs, labels) -> loss
     optimizer: torch.optim.AdamW
     tokenizer: ChatTokenizer
     data: TrainingData
@@ -175,12 +170,12 @@ class Trainer:
             self.output_dir.mkdir(parents=True, exist_ok=True)
         barrier(context)
         tokenizer = load_tokenizer(config, context)
-        data = load_training_data(config, tokenizer)
+        data = load_training_data(config, tokenizer, context)
         model = self._build_model(tokenizer, context.device)
         if config.train_last_blocks is not None:
             freeze_all_but_last_blocks(model, config.train_last_blocks)
         model.train()
-        train_model = wrap_model(model, context)
+        train_model = wrap_model(CausalLMLoss(model, config.precision), context)
         if config.compile:
             train_model = torch.compile(train_model)  # type: ignore[assignment]
         optimizer = build_adamw(
@@ -247,9 +242,7 @@ class Trainer:
         loss_sum = torch.zeros((), device=context.device)
         for index, batch in enumerate(batches):
             with _no_sync_unless(parts.train_model, index == len(batches) - 1):
-                with autocast(context.device, config.precision):
-                    logits = parts.train_model(batch.inputs)  # (B_local, T, V)
-                batch_loss = lm_loss_sum(logits, batch.labels)
+                batch_loss = parts.train_model(batch.inputs, batch.labels)  # summed, scalar
                 torch.autograd.backward(batch_loss * scale)
             loss_sum += batch_loss.detach()
         params = [p for p in parts.model.parameters() if p.requires_grad]
@@ -335,6 +328,7 @@ class Trainer:
         if config.eval_batches is not None:
             batches = min(batches, config.eval_batches)
         sums = torch.zeros(2, dtype=torch.float64)  # loss sum, labelled positions
+        loss_of = CausalLMLoss(model, config.precision)
         was_training = model.training
         model.eval()
         with torch.no_grad():
@@ -345,9 +339,7 @@ class Trainer:
                 if len(local) == 0:
                     continue
                 batch = rows.batch(local).to(context.device)
-                with autocast(context.device, config.precision):
-                    logits = model(batch.inputs)  # (B_local, T, V)
-                sums[0] += float(lm_loss_sum(logits, batch.labels))
+                sums[0] += float(loss_of(batch.inputs, batch.labels))
                 sums[1] += batch.num_targets
         model.train(was_training)
         total = all_reduce_sum(sums.to(context.device), context).cpu()

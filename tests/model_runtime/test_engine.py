@@ -6,8 +6,9 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -23,6 +24,9 @@ from model_runtime.engine import (
     PromptTooLongError,
     QueueFullError,
 )
+from model_runtime.engine.batch import DecodeBatch
+from model_runtime.engine.request import EngineRequest
+from model_runtime.engine.versions import LoadedVersion
 from model_runtime.generation import completion_seed, generate
 from model_runtime.palm import PaLM
 from model_runtime.sampling import SamplingParams
@@ -30,6 +34,7 @@ from model_runtime.tokenizer import ChatTokenizer, train_tokenizer
 
 CORPUS = "Hello there! How are you today? I am well, thanks for asking. Café, naïve.\n" * 30
 VERSION = ModelVersion(name="v-test", sha256="ab" * 32)
+MakeEngine = Callable[..., Engine]
 
 
 @pytest.fixture(scope="module")
@@ -54,11 +59,11 @@ def tiny_model(tokenizer: ChatTokenizer, *, seed: int = 0, max_seq_len: int = 64
 
 
 @pytest.fixture
-def make_engine(tokenizer: ChatTokenizer) -> Iterator[object]:
+def make_engine(tokenizer: ChatTokenizer) -> Iterator[MakeEngine]:
     engines: list[Engine] = []
 
-    def make(*, max_seq_len: int = 64, **limits: object) -> Engine:
-        config = EngineConfig(**limits)  # type: ignore[arg-type]
+    def make(*, max_seq_len: int = 64, **limits: Any) -> Engine:
+        config = EngineConfig(**limits)
         engine = Engine(
             tiny_model(tokenizer, max_seq_len=max_seq_len),
             tokenizer,
@@ -112,9 +117,9 @@ def assert_same_completion(alone: CompletionResult, busy: CompletionResult) -> N
 
 @pytest.mark.parametrize("params", TARGETS, ids=["top_p", "greedy", "penalties"])
 def test_request_gets_the_same_output_alone_and_in_a_busy_batch(
-    make_engine: object, tokenizer: ChatTokenizer, params: SamplingParams
+    make_engine: MakeEngine, tokenizer: ChatTokenizer, params: SamplingParams
 ) -> None:
-    engine = make_engine()  # type: ignore[operator]
+    engine = make_engine()
     prompt = prompt_of(tokenizer, "Hello there! How are")
     alone = engine.submit(prompt, params, top_logprobs=3).result(timeout=30)
     assert alone.completion_tokens > 0
@@ -152,9 +157,9 @@ def test_request_gets_the_same_output_alone_and_in_a_busy_batch(
     assert "".join(noise_stream)  # the rest of the stream is still there
 
 
-def test_engine_matches_batch_generate(make_engine: object, tokenizer: ChatTokenizer) -> None:
+def test_engine_matches_batch_generate(make_engine: MakeEngine, tokenizer: ChatTokenizer) -> None:
     """The engine's seeding, penalties and stop rules are those of generation.generate."""
-    engine = make_engine()  # type: ignore[operator]
+    engine = make_engine()
     prompt = prompt_of(tokenizer, "How are you today?")
     for params in TARGETS:
         (expected,) = generate(engine.model, tokenizer, [prompt], params)
@@ -167,9 +172,9 @@ def test_engine_matches_batch_generate(make_engine: object, tokenizer: ChatToken
 
 
 def test_submit_n_seeds_each_completion_like_generate(
-    make_engine: object, tokenizer: ChatTokenizer
+    make_engine: MakeEngine, tokenizer: ChatTokenizer
 ) -> None:
-    engine = make_engine()  # type: ignore[operator]
+    engine = make_engine()
     prompt = prompt_of(tokenizer, "Hello")
     params = SamplingParams(temperature=1.0, max_new_tokens=12, seed=42, n=3)
     handles = engine.submit_n(prompt, params)
@@ -180,8 +185,8 @@ def test_submit_n_seeds_each_completion_like_generate(
     assert engine.submit(prompt, single).result(timeout=30).token_ids == results[2].token_ids
 
 
-def test_many_threads_submit_at_once(make_engine: object, tokenizer: ChatTokenizer) -> None:
-    engine = make_engine(max_batch_size=8, max_queued=32)  # type: ignore[operator]
+def test_many_threads_submit_at_once(make_engine: MakeEngine, tokenizer: ChatTokenizer) -> None:
+    engine = make_engine(max_batch_size=8, max_queued=32)
     prompt = prompt_of(tokenizer, "thanks for asking")
     params = [SamplingParams(temperature=0.8, max_new_tokens=15, seed=s) for s in range(12)]
     expected = [engine.submit(prompt, p).result(timeout=30).token_ids for p in params]
@@ -207,8 +212,10 @@ def test_many_threads_submit_at_once(make_engine: object, tokenizer: ChatTokeniz
     assert [got[i] for i in range(12)] == expected
 
 
-def test_async_stream_yields_the_same_pieces(make_engine: object, tokenizer: ChatTokenizer) -> None:
-    engine = make_engine()  # type: ignore[operator]
+def test_async_stream_yields_the_same_pieces(
+    make_engine: MakeEngine, tokenizer: ChatTokenizer
+) -> None:
+    engine = make_engine()
     prompt = prompt_of(tokenizer, "Café, naïve")
     params = SamplingParams(temperature=1.0, max_new_tokens=25, seed=3)
     sync_pieces = list(engine.submit(prompt, params))
@@ -224,9 +231,9 @@ def test_async_stream_yields_the_same_pieces(make_engine: object, tokenizer: Cha
 
 
 def test_stop_string_is_cut_and_never_streamed(
-    make_engine: object, tokenizer: ChatTokenizer
+    make_engine: MakeEngine, tokenizer: ChatTokenizer
 ) -> None:
-    engine = make_engine()  # type: ignore[operator]
+    engine = make_engine()
     prompt = prompt_of(tokenizer, "Hello there")
     free = engine.submit(prompt, SamplingParams(temperature=0.0, max_new_tokens=30)).result()
     assert len(free.text) >= 4
@@ -242,9 +249,9 @@ def test_stop_string_is_cut_and_never_streamed(
 
 
 def test_closing_the_stream_cancels_and_frees_the_slot(
-    make_engine: object, tokenizer: ChatTokenizer
+    make_engine: MakeEngine, tokenizer: ChatTokenizer
 ) -> None:
-    engine = make_engine(max_batch_size=2, max_queued=0, max_seq_len=512)  # type: ignore[operator]
+    engine = make_engine(max_batch_size=2, max_queued=0, max_seq_len=512)
     long = SamplingParams(temperature=1.0, max_new_tokens=400, seed=5)
     prompt = prompt_of(tokenizer, "Hello")
     first = engine.submit(prompt, long, logit_bias=never_end(tokenizer))
@@ -270,9 +277,9 @@ def test_closing_the_stream_cancels_and_frees_the_slot(
 
 
 def test_overflow_is_refused_at_once_and_waiting_requests_run(
-    make_engine: object, tokenizer: ChatTokenizer
+    make_engine: MakeEngine, tokenizer: ChatTokenizer
 ) -> None:
-    engine = make_engine(max_batch_size=2, max_queued=2, max_seq_len=512)  # type: ignore[operator]
+    engine = make_engine(max_batch_size=2, max_queued=2, max_seq_len=512)
     prompt = prompt_of(tokenizer, "Hello")
     params = SamplingParams(temperature=1.0, max_new_tokens=200, seed=9)
     handles = [
@@ -289,9 +296,9 @@ def test_overflow_is_refused_at_once_and_waiting_requests_run(
 
 
 def test_prompt_longer_than_the_context_is_refused(
-    make_engine: object, tokenizer: ChatTokenizer
+    make_engine: MakeEngine, tokenizer: ChatTokenizer
 ) -> None:
-    engine = make_engine()  # type: ignore[operator]
+    engine = make_engine()
     with pytest.raises(PromptTooLongError, match="at most 63"):
         engine.submit([7] * 64, SamplingParams())
     with pytest.raises(InvalidRequestError, match="empty"):
@@ -304,9 +311,9 @@ def test_prompt_longer_than_the_context_is_refused(
 
 
 def test_engine_caps_max_tokens_and_wall_time(
-    make_engine: object, tokenizer: ChatTokenizer
+    make_engine: MakeEngine, tokenizer: ChatTokenizer
 ) -> None:
-    engine = make_engine(max_new_tokens=5, max_seq_len=512)  # type: ignore[operator]
+    engine = make_engine(max_new_tokens=5, max_seq_len=512)
     prompt = prompt_of(tokenizer, "Hello")
     capped = engine.submit(prompt, SamplingParams(temperature=0.0, max_new_tokens=300))
     result = capped.result(timeout=30)
@@ -314,7 +321,7 @@ def test_engine_caps_max_tokens_and_wall_time(
     if result.finish_reason == "length":
         assert result.completion_tokens == 5
 
-    engine = make_engine(request_timeout_s=0.05, max_seq_len=4096)  # type: ignore[operator]
+    engine = make_engine(request_timeout_s=0.05, max_seq_len=4096)
     slow = engine.submit(
         prompt,
         SamplingParams(temperature=1.0, max_new_tokens=2048, seed=2),
@@ -326,9 +333,9 @@ def test_engine_caps_max_tokens_and_wall_time(
 
 
 def test_closed_engine_refuses_and_fails_running_requests(
-    make_engine: object, tokenizer: ChatTokenizer
+    make_engine: MakeEngine, tokenizer: ChatTokenizer
 ) -> None:
-    engine = make_engine(max_seq_len=4096)  # type: ignore[operator]
+    engine = make_engine(max_seq_len=4096)
     prompt = prompt_of(tokenizer, "Hello")
     running = engine.submit(
         prompt, SamplingParams(max_new_tokens=4000, seed=1), logit_bias=never_end(tokenizer)
@@ -343,11 +350,11 @@ def test_closed_engine_refuses_and_fails_running_requests(
 
 
 def test_extreme_sampling_values_behave_as_their_limits(
-    make_engine: object, tokenizer: ChatTokenizer
+    make_engine: MakeEngine, tokenizer: ChatTokenizer
 ) -> None:
     """Values that round to 0 or overflow in float32/int64 keep their meaning: a temperature of
     1e-300 is greedy, top_p of 1e-300 keeps the top token, a top_k past the vocabulary is off."""
-    engine = make_engine()  # type: ignore[operator]
+    engine = make_engine()
     prompt = prompt_of(tokenizer, "Hello there")
     greedy = engine.submit(prompt, SamplingParams(temperature=0.0, max_new_tokens=10)).result()
     tiny_temperature = SamplingParams(temperature=1e-300, max_new_tokens=10, seed=1)
@@ -360,3 +367,36 @@ def test_extreme_sampling_values_behave_as_their_limits(
         engine.submit(prompt, huge_k).result().token_ids
         == engine.submit(prompt, no_k).result().token_ids
     )
+
+
+def test_prompts_prefilled_together_match_prefilled_alone(tokenizer: ChatTokenizer) -> None:
+    """A burst of joiners is prefilled as one left-padded batch: each row still gets the logits
+    and tokens it gets alone (pad keys are masked, positions start at each row's first token)."""
+    model = tiny_model(tokenizer)
+    version = LoadedVersion(info=VERSION, model=model, tokenizer=tokenizer)
+
+    def request(text: str, seed: int) -> EngineRequest:
+        return EngineRequest(
+            request_id=text,
+            prompt=tuple(prompt_of(tokenizer, text)),
+            params=SamplingParams(temperature=1.0, max_new_tokens=12, seed=seed),
+            max_new_tokens=12,
+            top_logprobs=2,
+            logit_bias={},
+            submitted_at=0.0,
+            deadline=float("inf"),
+        )
+
+    def run(requests: list[EngineRequest]) -> list[CompletionResult]:
+        batch = DecodeBatch(version)
+        assert batch.prefill(requests) == []
+        with torch.inference_mode():
+            while len(batch):
+                batch.step()
+        return [r.handle.result(timeout=0) for r in requests]
+
+    texts = ["Hello", "How are you today? I am well", "Café, naïve. Thanks for asking!"]
+    alone = [run([request(text, seed)])[0] for seed, text in enumerate(texts)]
+    together = run([request(text, seed) for seed, text in enumerate(texts)])
+    for a, b in zip(alone, together, strict=True):
+        assert_same_completion(a, b)

@@ -10,6 +10,7 @@ import time
 import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Literal
 
 import pytest
 import torch
@@ -227,21 +228,29 @@ def test_version_that_fails_smoke_generation_or_tokenizer_check_is_refused(
     assert engine.submit(prompt_ids(tokenizer), FIXED).result(timeout=30).version == serving
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_memory_returns_to_baseline_after_ten_swaps(
-    engine: Engine, checkpoints: dict[str, Path], tokenizer: ChatTokenizer
+    checkpoints: dict[str, Path], tokenizer: ChatTokenizer, dtype: Literal["float32", "bfloat16"]
 ) -> None:
-    def live_parameters() -> int:
-        gc.collect()
-        return sum(1 for obj in gc.get_objects() if type(obj) is torch.nn.Parameter)
+    """Counted: models (weakrefs), parameters and every live tensor (bf16 serving keeps packed
+    copies of weights beside them; those must go with their weights)."""
 
-    engine.submit(prompt_ids(tokenizer), FIXED).result(timeout=30)
-    baseline = live_parameters()
-    models: list[weakref.ref[PaLM]] = [weakref.ref(engine.model)]
-    for name in (["v2", "v3", "v1"] * 4)[:10]:
-        engine.swap(checkpoints[name])
-        models.append(weakref.ref(engine.model))
+    def live(kind: type) -> int:
+        gc.collect()
+        return sum(1 for obj in gc.get_objects() if type(obj) is kind)
+
+    engine = Engine.from_checkpoint(checkpoints["v1"], EngineConfig(dtype=dtype))
+    try:
         engine.submit(prompt_ids(tokenizer), FIXED).result(timeout=30)
-    assert wait_until(lambda: len(engine.stats().versions) == 1)
-    gc.collect()
-    assert [ref() is not None for ref in models] == [False] * 10 + [True]
-    assert live_parameters() == baseline
+        baseline = (live(torch.nn.Parameter), live(torch.Tensor))
+        models: list[weakref.ref[PaLM]] = [weakref.ref(engine.model)]
+        for name in (["v2", "v3", "v1"] * 4)[:10]:
+            engine.swap(checkpoints[name])
+            models.append(weakref.ref(engine.model))
+            engine.submit(prompt_ids(tokenizer), FIXED).result(timeout=30)
+        assert wait_until(lambda: len(engine.stats().versions) == 1)
+        gc.collect()
+        assert [ref() is not None for ref in models] == [False] * 10 + [True]
+        assert (live(torch.nn.Parameter), live(torch.Tensor)) == baseline
+    finally:
+        engine.close()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
+from typing import Any
 
 import pytest
 import torch
@@ -107,6 +108,7 @@ def test_greedy_matches_a_full_forward_pass_without_cache(
         for token, logprob in zip(result.token_ids, result.logprobs, strict=True):
             with torch.no_grad():
                 logits = model(torch.tensor([sequence]))[0, -1]  # (V,)
+            logits[sorted(tokenizer.never_generated_ids)] = float("-inf")  # never drawn
             assert token == int(logits.argmax())
             assert logprob == pytest.approx(float(logits.log_softmax(-1)[token]), abs=1e-4)
             sequence.append(token)
@@ -119,6 +121,7 @@ def test_logprobs_are_the_raw_distribution_at_the_temperature(
     (result,) = generate(model, tokenizer, prompts[:1], params)
     with torch.no_grad():
         logits = model(torch.tensor([prompts[0]]))[0, -1]
+    logits[sorted(tokenizer.never_generated_ids)] = float("-inf")
     expected = (logits / 0.5).log_softmax(-1)[result.token_ids[0]]
     assert result.logprobs[0] == pytest.approx(float(expected), abs=1e-4)
 
@@ -284,12 +287,19 @@ class ScriptedPaLM(PaLM):
         cache: KVCache | None = None,
         attention_mask: torch.Tensor | None = None,
         positions: torch.Tensor | None = None,
+        last_only: bool = False,
     ) -> torch.Tensor:
         trunk = super().hidden_states(
-            tokens, cache=cache, attention_mask=attention_mask, positions=positions
+            tokens,
+            cache=cache,
+            attention_mask=attention_mask,
+            positions=positions,
+            last_only=last_only,
         )
         table: torch.Tensor = self.table  # type: ignore[assignment]
-        return F.embedding(tokens, table).to(trunk.dtype)  # (B, T, dim)
+        if last_only:
+            tokens = tokens[:, -1:]
+        return F.embedding(tokens, table).to(trunk.dtype)  # (B, T or 1, dim)
 
 
 def byte_token(tokenizer: ChatTokenizer, value: int) -> int:
@@ -429,3 +439,21 @@ def test_generation_on_cuda(
     again = generate(bf16, tokenizer, prompts, SAMPLED)
     assert [r.token_ids for r in again] == [r.token_ids for r in first]
     assert all(r.completion_tokens > 0 for r in first)
+
+
+def test_role_and_padding_tokens_are_never_generated(
+    model: PaLM, tokenizer: ChatTokenizer, prompts: list[list[int]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Even a model that prefers them cannot speak for the user or open a new turn."""
+    original = model.forward
+
+    def prefers_role_tokens(*args: Any, **kwargs: Any) -> torch.Tensor:
+        logits = original(*args, **kwargs).clone()
+        logits[..., sorted(tokenizer.never_generated_ids)] += 1e4
+        return logits
+
+    monkeypatch.setattr(model, "forward", prefers_role_tokens)
+    for params in (SamplingParams(temperature=0, max_new_tokens=6), SAMPLED):
+        for result in generate(model, tokenizer, prompts, params):
+            assert result.completion_tokens > 0
+            assert not set(result.token_ids) & tokenizer.never_generated_ids

@@ -221,3 +221,44 @@ def test_config_json_round_trip_and_errors() -> None:
         PaLMConfig.from_dict({**data, "depth": "2"})
     with pytest.raises(ValueError, match="qk_norm must be a bool"):
         PaLMConfig.from_dict({**data, "qk_norm": 1})
+
+
+@pytest.mark.parametrize("case", ["plain", "qk_norm", "padded", "after_cache", "lora"])
+def test_last_only_gives_the_last_hidden_state_and_the_same_cache(
+    make_model: Callable[..., PaLM], case: str
+) -> None:
+    # A prefill asks only for the last position: the last layer then skips the other queries.
+    from model_runtime.lora import add_lora, set_active_lora
+
+    model = make_model(qk_norm=case == "qk_norm")
+    if case == "lora":
+        add_lora(model, "actor", rank=2, alpha=2)
+        for name, param in model.named_parameters():
+            if "lora_b" in name:
+                torch.nn.init.normal_(param, std=0.1)
+        set_active_lora(model, "actor")
+    tokens = _tokens(2, 9)
+    mask = None
+    if case == "padded":
+        mask = torch.ones(2, 9, dtype=torch.bool)
+        mask[1, :3] = False  # row 1 is left-padded
+    hiddens, caches = [], []
+    for last_only in (False, True):
+        cache = KVCache.empty(model.config, 2, device="cpu", dtype=torch.float32)
+        with torch.inference_mode():
+            if case == "after_cache":
+                model(tokens[:, :4], cache=cache)
+                hidden = model.hidden_states(tokens[:, 4:], cache=cache, last_only=last_only)
+            else:
+                hidden = model.hidden_states(
+                    tokens, cache=cache, attention_mask=mask, last_only=last_only
+                )
+        hiddens.append(hidden)
+        caches.append(cache)
+    full, last = hiddens
+    assert last.shape == (2, 1, 32)
+    torch.testing.assert_close(last, full[:, -1:], atol=FP32_ATOL, rtol=0)
+    assert caches[0].length == caches[1].length == 9
+    for layer in range(model.config.depth):
+        for a, b in zip(caches[0].layer(layer), caches[1].layer(layer), strict=True):
+            torch.testing.assert_close(a, b, atol=FP32_ATOL, rtol=0)

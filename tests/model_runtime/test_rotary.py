@@ -110,3 +110,18 @@ def test_joint_rotation_equals_separate_query_and_key_rotation() -> None:
     joint = tables.rotate_joint(qk)
     torch.testing.assert_close(joint[:, :, :3], tables.rotate_queries(qk[:, :, :3]))
     torch.testing.assert_close(joint[:, :, 3], tables.rotate_keys(qk[:, :, 3]))
+
+
+def test_positions_inside_the_context_come_from_the_table_unchanged() -> None:
+    # build() looks positions in [0, max_seq_len) up in a cached table and computes any other
+    # (pads may be negative; positions may run past the context): both must agree exactly.
+    from model_runtime.rotary import _joint_factors
+
+    config = _config(dim_head=8, heads=2, max_seq_len=32, xpos_scale_base=16)
+    inside = torch.tensor([[0, 7, 31], [3, 3, 30]])
+    outside = torch.tensor([[-2, 7, 40]])
+    for positions in (inside, outside):
+        tables = RotaryTables.build(config, positions)
+        assert torch.equal(tables.joint, _joint_factors(config, positions))
+        assert torch.equal(tables.queries[:, :, 0], tables.joint[:, :, 0])
+        assert torch.equal(tables.keys, tables.joint[:, :, config.heads])

@@ -39,7 +39,7 @@ class RunningServer:
 
     @property
     def engine(self) -> Engine:
-        return self.app.state.slot.get()  # type: ignore[no-any-return]
+        return self.app.state.slot.get()
 
     def stop(self) -> None:
         self.server.should_exit = True

@@ -31,7 +31,7 @@ def client_for(server: RunningServer, api_key: str = API_KEY) -> OpenAI:
 
 
 def chat_prompt_tokens(tokenizer: ChatTokenizer) -> int:
-    messages = [ChatMessage(m["role"], m["content"]) for m in MESSAGES]  # type: ignore[arg-type]
+    messages = [ChatMessage(m["role"], m["content"]) for m in MESSAGES]
     return len(tokenizer.encode_chat(messages, add_generation_prompt=True).ids)
 
 
@@ -47,7 +47,7 @@ def test_chat_completion(api_server: RunningServer, tokenizer: ChatTokenizer) ->
         messages=MESSAGES,
         max_tokens=12,
         seed=7,
-        temperature=0.8,  # type: ignore[arg-type]
+        temperature=0.8,
     )
     (choice,) = response.choices
     assert choice.message.role == "assistant"
@@ -66,7 +66,7 @@ def test_chat_completion(api_server: RunningServer, tokenizer: ChatTokenizer) ->
         messages=MESSAGES,
         max_tokens=12,
         seed=7,
-        temperature=0.8,  # type: ignore[arg-type]
+        temperature=0.8,
     )
     assert again.choices[0].message.content == choice.message.content  # same seed, same answer
 
@@ -74,7 +74,7 @@ def test_chat_completion(api_server: RunningServer, tokenizer: ChatTokenizer) ->
 def test_streamed_chat_matches_the_plain_answer(api_server: RunningServer) -> None:
     client = client_for(api_server)
     kwargs = {"model": "palmloop", "messages": MESSAGES, "max_tokens": 20, "seed": 3}
-    plain = client.chat.completions.create(**kwargs)  # type: ignore[call-overload]
+    plain = client.chat.completions.create(**kwargs)
     stream = client.chat.completions.create(
         **kwargs, stream=True, stream_options={"include_usage": True}
     )
@@ -86,7 +86,7 @@ def test_streamed_chat_matches_the_plain_answer(api_server: RunningServer) -> No
     assert finishes[-1] == plain.choices[0].finish_reason
     assert all(reason is None for reason in finishes[:-1])
     assert chunks[-1].usage is not None
-    assert chunks[-1].usage.completion_tokens == plain.usage.completion_tokens  # type: ignore[union-attr]
+    assert chunks[-1].usage.completion_tokens == plain.usage.completion_tokens
 
 
 def test_n_two_gives_two_seeded_choices(api_server: RunningServer) -> None:
@@ -96,7 +96,7 @@ def test_n_two_gives_two_seeded_choices(api_server: RunningServer) -> None:
         messages=MESSAGES,
         max_tokens=15,
         n=2,
-        seed=11,  # type: ignore[arg-type]
+        seed=11,
     )
     assert [choice.index for choice in response.choices] == [0, 1]
     texts = [choice.message.content for choice in response.choices]
@@ -108,7 +108,7 @@ def test_n_two_gives_two_seeded_choices(api_server: RunningServer) -> None:
         max_tokens=15,
         n=2,
         seed=11,
-        stream=True,  # type: ignore[arg-type]
+        stream=True,
     )
     pieces = {0: "", 1: ""}
     for chunk in streamed:
@@ -172,13 +172,13 @@ def test_missing_or_wrong_key_is_401(api_server: RunningServer) -> None:
     assert isinstance(body, dict)
     assert body["code"] == "invalid_api_key" and body["type"] == "invalid_request_error"
     status, payload = get_json(f"{api_server.base_url}/v1/models")
-    assert status == 401 and set(payload["error"]) == {"message", "type", "param", "code"}  # type: ignore[arg-type]
+    assert status == 401 and set(payload["error"]) == {"message", "type", "param", "code"}
 
 
 def test_bad_parameters_are_400_in_openai_shape(api_server: RunningServer) -> None:
     client = client_for(api_server)
     with pytest.raises(openai.BadRequestError) as caught:
-        client.chat.completions.create(model="palmloop", messages=MESSAGES, temperature=5)  # type: ignore[arg-type]
+        client.chat.completions.create(model="palmloop", messages=MESSAGES, temperature=5)
     assert caught.value.status_code == 400
     body = caught.value.body
     assert isinstance(body, dict) and body["param"] == "temperature"
@@ -261,6 +261,6 @@ def test_admin_swap_needs_the_admin_key_and_refuses_bad_versions(
     answer = client_for(server, "x").chat.completions.create(
         model="palmloop",
         messages=MESSAGES,
-        max_tokens=3,  # type: ignore[arg-type]
+        max_tokens=3,
     )
     assert answer.model == "v2"

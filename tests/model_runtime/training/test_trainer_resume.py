@@ -156,4 +156,4 @@ def test_command_line_trains_from_a_config_file(
     parser = argparse.ArgumentParser()
     add_train_parser(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["train", "--config", str(path)])
-    assert args.handler.__name__ == "run_train" and args.config == path
+    assert args.func.__name__ == "run_train" and args.config == path

@@ -10,9 +10,11 @@ import torch
 from model_runtime.palm import PaLM
 from model_runtime.training.data import IGNORE_INDEX
 from model_runtime.training.step import (
+    CausalLMLoss,
     autocast,
     build_adamw,
     freeze_all_but_last_blocks,
+    linear_cross_entropy_sum,
     lm_loss_sum,
     parameter_groups,
 )
@@ -72,3 +74,40 @@ def test_loss_sum_skips_ignored_positions() -> None:
     assert lm_loss_sum(logits, labels).item() == pytest.approx(
         2 * torch.log(torch.tensor(4.0)).item()
     )
+
+
+@pytest.mark.parametrize("chunk_rows", [3, 256])
+def test_chunked_loss_matches_the_loss_of_full_logits(chunk_rows: int) -> None:
+    torch.manual_seed(0)
+    hidden = torch.randn(2, 5, 8, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(11, 8, dtype=torch.float64, requires_grad=True)
+    labels = torch.randint(0, 11, (2, 5))
+    labels[0, 1] = labels[1, 4] = IGNORE_INDEX
+    reference = lm_loss_sum(hidden @ weight.T, labels)
+    ref_grads = torch.autograd.grad(reference, (hidden, weight))
+    chunked = linear_cross_entropy_sum(
+        hidden, weight, labels, compute_dtype=torch.float64, chunk_rows=chunk_rows
+    )
+    grads = torch.autograd.grad(chunked * 2.0, (hidden, weight))  # the output's grad is used
+    assert torch.allclose(chunked.double(), reference.double(), atol=1e-5)
+    for got, want in zip(grads, ref_grads, strict=True):
+        assert torch.allclose(got, 2.0 * want, atol=1e-6)
+    assert float(grads[0][0, 1].abs().sum()) == 0.0  # an ignored position gets no gradient
+    with torch.no_grad():
+        no_grad = linear_cross_entropy_sum(
+            hidden, weight, labels, compute_dtype=torch.float64, chunk_rows=chunk_rows
+        )
+    assert torch.allclose(no_grad.double(), reference.double(), atol=1e-5)
+
+
+def test_causal_lm_loss_equals_the_models_own_logits(make_model: Callable[..., PaLM]) -> None:
+    model = make_model()
+    inputs = torch.randint(0, 64, (3, 10))
+    labels = torch.randint(0, 64, (3, 10))
+    labels[:, :2] = IGNORE_INDEX
+    for precision, tolerance in (("fp32", 1e-4), ("bf16", 5e-2)):
+        with autocast(torch.device("cpu"), precision):
+            logits = model(inputs)
+        expected = lm_loss_sum(logits, labels)
+        got = CausalLMLoss(model, precision)(inputs, labels)
+        assert torch.allclose(got, expected, rtol=tolerance / 10, atol=tolerance), precision

@@ -1,0 +1,294 @@
+"""Chat through the whole stack vs the engine alone: time to first token and tokens/s.
+
+8 concurrent clients each send a message through the web app (uvicorn, Django, htmx POST, then
+the SSE stream) and read the answer as it streams; the same 8 requests then go straight to an
+in-process engine on the same checkpoint. Target: p50 TTFT through the stack <= 1.5x the
+engine's. The last line printed is one JSON object with every figure.
+
+    python bench/chat.py                      # a ~10M random policy built for the run
+    python bench/chat.py --policy models/base # a real checkpoint
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+PROMPT = "Tell me about rivers and how they shape the land around them."
+
+
+@dataclass
+class StreamTiming:
+    ttft_s: float
+    total_s: float
+    pieces: int
+    tokens: int
+
+
+def build_policy(directory: Path, *, dim: int, depth: int) -> Path:
+    """A random PaLM with a BPE tokenizer trained on the standard library's sources."""
+    import torch
+
+    from model_runtime.checkpoints import save_checkpoint
+    from model_runtime.config import PaLMConfig
+    from model_runtime.palm import PaLM
+    from model_runtime.tokenizer import train_tokenizer
+
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    files = sorted(stdlib.glob("*.py"))[:200]
+    tokenizer = train_tokenizer(files, 8192)
+    torch.manual_seed(0)
+    config = PaLMConfig(
+        vocab_size=tokenizer.vocab_size, dim=dim, depth=depth, heads=dim // 64, dim_head=64
+    )
+    model = PaLM(config)
+    save_checkpoint(model, directory, tokenizer_json=tokenizer.to_str())
+    print(f"built a {model.num_parameters() / 1e6:.1f}M-parameter random policy in {directory}")
+    return directory
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def summarise(timings: list[StreamTiming]) -> dict[str, float]:
+    ttfts = [t.ttft_s * 1000 for t in timings]
+    wall = max(t.total_s for t in timings)
+    return {
+        "ttft_p50_ms": round(statistics.median(ttfts), 1),
+        "ttft_p90_ms": round(percentile(ttfts, 0.9), 1),
+        "tokens": sum(t.tokens for t in timings),
+        "aggregate_tokens_per_s": round(sum(t.tokens for t in timings) / wall, 1),
+    }
+
+
+# --- the engine alone -------------------------------------------------------------------------
+
+
+async def engine_alone(policy: Path, clients: int, max_tokens: int) -> list[StreamTiming]:
+    from model_runtime.engine import Engine, EngineConfig
+    from model_runtime.sampling import SamplingParams
+    from model_runtime.tokenizer import ChatMessage
+
+    engine = Engine.from_checkpoint(
+        policy, EngineConfig(max_batch_size=16, max_queued=64, dtype="bfloat16")
+    )
+    prompt = engine.tokenizer.encode_chat(
+        [ChatMessage("user", PROMPT)], add_generation_prompt=True
+    ).ids
+    # No end token: every request writes exactly max_tokens, as through the stack.
+    params = SamplingParams(temperature=0.0, max_new_tokens=max_tokens)
+
+    async def one() -> StreamTiming:
+        started = time.perf_counter()
+        first = None
+        pieces = 0
+        handle = engine.submit(prompt, params)
+        async for _ in handle.astream():
+            pieces += 1
+            first = first or time.perf_counter() - started
+        result = await handle.aresult()
+        return StreamTiming(
+            first or 0.0, time.perf_counter() - started, pieces, result.completion_tokens
+        )
+
+    await asyncio.gather(*(one() for _ in range(2)))  # warm-up
+    timings = await asyncio.gather(*(one() for _ in range(clients)))
+    engine.close()
+    return list(timings)
+
+
+# --- the whole stack --------------------------------------------------------------------------
+
+
+def start_server(env: dict[str, str], port: int, log: Path) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "webapp.asgi:application",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2):
+                return proc
+        except OSError:
+            if proc.poll() is not None:
+                break
+            time.sleep(0.3)
+    proc.kill()
+    raise RuntimeError(log.read_text())
+
+
+async def through_stack(
+    base: str, sessions: list[tuple[str, int]], max_tokens: int, cookie_name: str
+) -> list[StreamTiming]:
+    import httpx
+
+    async def one(session_key: str, conversation_id: int) -> StreamTiming:
+        cookies = {cookie_name: session_key}
+        async with httpx.AsyncClient(base_url=base, cookies=cookies, timeout=300) as http:
+            page = await http.get(f"/chat/{conversation_id}/")
+            token = re.search(r'"X-CSRFToken": "([^"]+)"', page.text)
+            assert token, "no CSRF token on the chat page"
+            started = time.perf_counter()
+            sent = await http.post(
+                f"/chat/{conversation_id}/send/",
+                data={"text": PROMPT},
+                headers={"HX-Request": "true", "X-CSRFToken": token.group(1)},
+            )
+            sent.raise_for_status()
+            stream_url = re.search(r'sse-connect="([^"]+)"', sent.text)
+            assert stream_url, sent.text[:500]
+            first = None
+            pieces = tokens = 0
+            done = False
+            async with http.stream("GET", stream_url.group(1)) as response:
+                async for line in response.aiter_lines():
+                    if line == "event: token":
+                        pieces += 1
+                        first = first or time.perf_counter() - started
+                    elif line == "event: done":
+                        done = True
+                    elif done and (count := re.search(r"(\d+) tokens", line)):
+                        tokens = int(count.group(1))  # from the finished message's footer
+            total = time.perf_counter() - started
+        return StreamTiming(first or 0.0, total, pieces, tokens)
+
+    return list(await asyncio.gather(*(one(key, cid) for key, cid in sessions)))
+
+
+def prepare_database(env: dict[str, str], clients: int, max_tokens: int) -> list[tuple[str, int]]:
+    """Users with a session each and a conversation set to write ``max_tokens`` tokens."""
+    script = f"""
+import json, django
+django.setup()
+from django.contrib.auth.models import User
+from django.contrib.sessions.backends.db import SessionStore
+from django.contrib.auth import SESSION_KEY, BACKEND_SESSION_KEY, HASH_SESSION_KEY
+from feedback.models import ChatLimits
+from feedback.roles import Role
+from feedback.services.accounts import do_set_roles
+from feedback.services.chat import do_start_conversation, do_update_sampling
+limits = ChatLimits.current(); limits.messages_per_minute = 1000; limits.save()
+out = []
+for i in range({clients}):
+    user, _ = User.objects.get_or_create(username=f"bench{{i}}")
+    do_set_roles(user=user, roles={{Role.USER}})
+    conversation = do_start_conversation(owner=user)
+    do_update_sampling(conversation=conversation, temperature=0.0, max_new_tokens={max_tokens})
+    s = SessionStore()
+    s[SESSION_KEY] = str(user.pk)
+    s[BACKEND_SESSION_KEY] = "django.contrib.auth.backends.ModelBackend"
+    s[HASH_SESSION_KEY] = user.get_session_auth_hash()
+    s.create()
+    out.append((s.session_key, conversation.pk))
+print(json.dumps(out))
+"""
+    subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], cwd=ROOT, env=env, check=True)
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=ROOT,
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return [tuple(x) for x in json.loads(done.stdout.strip().splitlines()[-1])]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--policy", type=Path, help="checkpoint directory (default: build one)")
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--dim", type=int, default=256)
+    parser.add_argument("--depth", type=int, default=8)
+    parser.add_argument("--port", type=int, default=8765)
+    args = parser.parse_args()
+
+    import torch
+
+    torch.set_num_threads(2)
+    work = Path(tempfile.mkdtemp(prefix="palmloop-bench-chat-"))
+    policy = args.policy or build_policy(work / "policy", dim=args.dim, depth=args.depth)
+
+    engine = asyncio.run(engine_alone(policy, args.clients, args.max_tokens))
+
+    env = {
+        **os.environ,
+        "VAR_DIR": str(work / "var"),
+        "POLICY_DIR": str(policy),
+        "DEBUG": "1",
+        "ENGINE_MAX_BATCH": "16",
+        "OMP_NUM_THREADS": "2",
+        "STREAM_FLUSH_S": "0.5",
+        "DJANGO_SETTINGS_MODULE": "webapp.settings",
+    }
+    sessions = prepare_database(env, args.clients + 2, args.max_tokens)
+    server = start_server(env, args.port, work / "uvicorn.log")
+    try:
+        base = f"http://127.0.0.1:{args.port}"
+        asyncio.run(through_stack(base, sessions[:2], args.max_tokens, "sessionid"))  # warm-up
+        stack = asyncio.run(through_stack(base, sessions[2:], args.max_tokens, "sessionid"))
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+    engine_figures, stack_figures = summarise(engine), summarise(stack)
+    ratio = stack_figures["ttft_p50_ms"] / max(engine_figures["ttft_p50_ms"], 1e-9)
+    print(f"{args.clients} concurrent clients, {args.max_tokens} tokens each")
+    print(f"{'':14}{'TTFT p50':>10}{'TTFT p90':>10}{'tok/s':>10}")
+    for name, f in (("engine alone", engine_figures), ("whole stack", stack_figures)):
+        print(
+            f"{name:14}{f['ttft_p50_ms']:>8.0f}ms{f['ttft_p90_ms']:>8.0f}ms"
+            f"{f['aggregate_tokens_per_s']:>10.0f}"
+        )
+    print(f"TTFT ratio stack/engine: {ratio:.2f} (target <= 1.5)")
+    print(
+        json.dumps(
+            {
+                "bench": "chat",
+                "clients": args.clients,
+                "max_tokens": args.max_tokens,
+                "policy": str(policy),
+                "database": "postgres" if "DATABASE_URL" in os.environ else "sqlite",
+                "engine": engine_figures,
+                "stack": stack_figures,
+                "ttft_ratio_stack_over_engine": round(ratio, 2),
+                "target_met": ratio <= 1.5,
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,114 @@
+"""The chat answered by a separate engine process over its OpenAI-compatible API."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+from asgiref.sync import sync_to_async
+from django.test import AsyncClient
+from django.urls import reverse
+from factories import ConversationFactory
+from servicekit import PYTHON, ROOT, clean_env, free_port
+
+from feedback.inference.factory import get_inference_client, reset_inference_client
+from feedback.inference.remote import RemoteInferenceClient
+from feedback.models import MessageStatus
+from feedback.services.chat import do_send_message, do_update_sampling
+
+pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
+
+
+@pytest.fixture
+def engine_url(tiny_policy_dir: Path, tmp_path: Path) -> Any:
+    port = free_port()
+    with open(tmp_path / "engine.log", "w") as log:
+        proc = subprocess.Popen(
+            [
+                PYTHON,
+                "-m",
+                "model_runtime.server",
+                "--model",
+                str(tiny_policy_dir),
+                "--port",
+                str(port),
+                "--dtype",
+                "bfloat16",
+                "--api-key",
+                "sekret",
+            ],
+            cwd=ROOT,
+            env=clean_env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/healthz", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError((tmp_path / "engine.log").read_text())
+            time.sleep(0.3)
+        yield url
+        proc.terminate()
+        proc.wait(timeout=20)
+
+
+def test_chat_through_a_remote_engine(
+    engine_url: str, tiny_policy_dir: Path, settings: Any
+) -> None:
+    settings.INFERENCE_URL = engine_url
+    settings.INFERENCE_API_KEY = "sekret"
+    settings.POLICY_DIR = tiny_policy_dir  # for its tokenizer: history is fitted before sending
+    reset_inference_client()
+    assert isinstance(get_inference_client(), RemoteInferenceClient)
+    conversation = ConversationFactory()
+    do_update_sampling(conversation=conversation, temperature=0.0, max_new_tokens=30)
+    answer = do_send_message(conversation=conversation, text="Tell me about the river.").answer
+
+    async def read() -> bytes:
+        client = AsyncClient()
+        await sync_to_async(client.force_login)(conversation.owner)
+        response = await client.get(reverse("chat_stream", args=[conversation.pk, answer.pk]))
+        return b"".join([chunk async for chunk in response.streaming_content])
+
+    body = asyncio.run(read())
+    reset_inference_client()
+    answer.refresh_from_db()
+    assert answer.status == MessageStatus.COMPLETE, answer.error
+    assert body.count(b"event: token") >= 3 and answer.content
+    assert answer.model_version.startswith("tiny-v1@")
+    assert answer.completion_tokens and answer.prompt_tokens
+
+
+def test_a_wrong_key_fails_the_answer_clearly(
+    engine_url: str, tiny_policy_dir: Path, settings: Any
+) -> None:
+    settings.INFERENCE_URL = engine_url
+    settings.INFERENCE_API_KEY = "wrong"
+    settings.POLICY_DIR = tiny_policy_dir
+    reset_inference_client()
+    conversation = ConversationFactory()
+    answer = do_send_message(conversation=conversation, text="hello").answer
+
+    async def read() -> None:
+        client = AsyncClient()
+        await sync_to_async(client.force_login)(conversation.owner)
+        response = await client.get(reverse("chat_stream", args=[conversation.pk, answer.pk]))
+        _ = [chunk async for chunk in response.streaming_content]
+
+    asyncio.run(read())
+    reset_inference_client()
+    answer.refresh_from_db()
+    assert answer.status == MessageStatus.FAILED
+    assert "401" in answer.error

@@ -51,7 +51,15 @@ def clean_env(**overrides: str) -> dict[str, str]:
     env = {
         k: v
         for k, v in os.environ.items()
-        if k not in ("DATABASE_URL", "REDIS_URL", "DJANGO_SETTINGS_MODULE", "VAR_DIR")
+        if k
+        not in (
+            "DATABASE_URL",
+            "REDIS_URL",
+            "DJANGO_SETTINGS_MODULE",
+            "VAR_DIR",
+            # Set for the browser tests' own process only; never for an app process.
+            "DJANGO_ALLOW_ASYNC_UNSAFE",
+        )
     }
     env["DJANGO_SETTINGS_MODULE"] = "webapp.settings"
     env["PYTHONPATH"] = str(ROOT)

@@ -131,6 +131,7 @@ class _BenchTokenizer:
     eos_id = VOCAB
     end_id = VOCAB
     control_ids: frozenset[int] = frozenset()
+    never_generated_ids: frozenset[int] = frozenset()
 
     def incremental_decoder(self) -> _SilentDecoder:
         return _SilentDecoder()

@@ -22,9 +22,17 @@
     });
   });
 
+  // Follow the answer as it grows, unless the reader has scrolled up to read something else.
+  var following = true;
+  window.addEventListener("scroll", function () {
+    var bottom = window.innerHeight + window.scrollY;
+    following = bottom >= document.documentElement.scrollHeight - 80;
+  }, { passive: true });
+
   function scrollToEnd() {
-    var thread = document.getElementById("thread");
-    if (thread) thread.scrollIntoView({ block: "end" });
+    if (!document.getElementById("thread") || !following) return;
+    // The page end, where the composer sits in its place below the thread (not over it).
+    window.scrollTo(0, document.documentElement.scrollHeight);
   }
 
   document.addEventListener("htmx:afterRequest", function (event) {

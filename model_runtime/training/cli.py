@@ -80,15 +80,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m model_runtime.training``: user errors print one line and return 1."""
-    parser = argparse.ArgumentParser(
-        prog="python -m model_runtime.training",
-        description="pretrain or SFT a PaLM policy from a JSON config",
-    )
-    _add_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        return run_train(args)
-    except (ValueError, OSError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+    """``python -m model_runtime.training ...``: the package CLI's ``train`` command."""
+    from model_runtime.cli import main as package_main
+
+    return package_main(["train", *(sys.argv[1:] if argv is None else argv)])

@@ -54,6 +54,9 @@ class TrainConfig:
     tokenizer: Path | None = None
     tokenizer_vocab_size: int | None = None
     eval_files: tuple[str, ...] = ()
+    # {training file path: n}: that file's items appear n times in the training split (upsamples
+    # a small source, e.g. a distilled SFT set beside a large chit-chat one); others once.
+    repeat_files: Mapping[str, Any] | None = None
     eval_fraction: float = 0.0
     eval_every: int = 0  # optimizer steps between evaluations; 0 = only at the end
     eval_batches: int | None = None  # cap on held-out batches per evaluation; None = all
@@ -96,6 +99,11 @@ class TrainConfig:
                 raise ValueError(f"TrainConfig.{name} must be >= 1 or null, got {value}")
         if not self.train_files:
             raise ValueError("TrainConfig.train_files must name at least one file")
+        for path, times in (self.repeat_files or {}).items():
+            if isinstance(times, bool) or not isinstance(times, int) or times < 1:
+                raise ValueError(
+                    f"TrainConfig.repeat_files[{path!r}] must be an integer >= 1, got {times!r}"
+                )
         if not 0.0 <= self.eval_fraction < 1.0:
             raise ValueError(
                 f"TrainConfig.eval_fraction must be in [0, 1), got {self.eval_fraction}"

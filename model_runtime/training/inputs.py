@@ -105,11 +105,32 @@ def _tokenizer_texts(config: TrainConfig) -> list[str]:
     return [message.content for i in train_index for message in chats[i]]
 
 
+def repeat_counts(config: TrainConfig, train_files: list[Path]) -> list[int]:
+    """How many times each of ``train_files`` is used per epoch (``repeat_files``, else 1);
+    ``ValueError`` for a ``repeat_files`` entry that is not one of the training files."""
+    wanted = {Path(path).resolve(): times for path, times in (config.repeat_files or {}).items()}
+    resolved = [path.resolve() for path in train_files]
+    unknown = [str(path) for path in wanted if path not in resolved]
+    if unknown:
+        raise ValueError(f"repeat_files names files that are not training files: {unknown}")
+    return [int(wanted.get(path, 1)) for path in resolved]
+
+
+def _repeated(train_index: IndexArray, items_per_file: list[int], repeats: list[int]) -> IndexArray:
+    """``train_index`` with each item repeated as often as its file asks."""
+    per_item = np.repeat(np.asarray(repeats, dtype=np.int64), items_per_file)
+    return np.repeat(train_index, per_item[train_index])
+
+
 def _pretraining_data(
     config: TrainConfig, tokenizer: ChatTokenizer, train_files: list[Path], eval_files: list[Path]
 ) -> TrainingData:
-    documents = data_lib.read_documents(train_files)
+    per_file = [data_lib.read_documents([path]) for path in train_files]
+    documents = [document for file_documents in per_file for document in file_documents]
     train_index, held_index = _split(config, len(documents))
+    train_index = _repeated(
+        train_index, [len(d) for d in per_file], repeat_counts(config, train_files)
+    )
     held = data_lib.read_documents(eval_files) if eval_files else [documents[i] for i in held_index]
     train = [documents[i] for i in train_index]
     rows = data_lib.pretraining_rows(tokenizer, train, seq_len=config.seq_len, seed=config.seed)
@@ -124,8 +145,12 @@ def _pretraining_data(
 def _sft_data(
     config: TrainConfig, tokenizer: ChatTokenizer, train_files: list[Path], eval_files: list[Path]
 ) -> TrainingData:
-    chats = data_lib.read_conversations(train_files)
+    per_file = [data_lib.read_conversations([path]) for path in train_files]
+    chats = [chat for file_chats in per_file for chat in file_chats]
     train_index, held_index = _split(config, len(chats))
+    train_index = _repeated(
+        train_index, [len(c) for c in per_file], repeat_counts(config, train_files)
+    )
     held: Sequence[Sequence[ChatMessage]] = (
         data_lib.read_conversations(eval_files) if eval_files else [chats[i] for i in held_index]
     )
@@ -149,7 +174,7 @@ def _cache_key(
     config: TrainConfig, tokenizer: ChatTokenizer, train_files: list[Path], eval_files: list[Path]
 ) -> str:
     digest = hashlib.sha256()
-    settings = {
+    settings: dict[str, object] = {
         "version": _CACHE_VERSION,
         "stage": config.stage,
         "seq_len": config.seq_len,
@@ -159,6 +184,8 @@ def _cache_key(
         "train": [str(path) for path in train_files],
         "eval": [str(path) for path in eval_files],
     }
+    if config.repeat_files:
+        settings["repeats"] = repeat_counts(config, train_files)
     digest.update(json.dumps(settings, sort_keys=True).encode())
     digest.update(hashlib.sha256(tokenizer.to_str().encode()).digest())
     for path in [*train_files, *eval_files]:

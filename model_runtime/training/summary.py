@@ -1,0 +1,68 @@
+"""The figures of finished training runs, for a model card and an exported model's meta.json.
+
+``python -m model_runtime.training.summary RUN_DIR [RUN_DIR ...]`` prints one JSON object keyed
+by each run's stage: its final step, held-out loss and perplexity (from ``final/meta.json``),
+the tokens it trained on and its training time (from ``metrics.jsonl``; pauses between an
+interruption and the resume are not counted).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import sys
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+_MAX_GAP_S = 600.0  # a longer silence between two log lines is an interruption, not training
+
+
+def run_summary(run_dir: Path) -> dict[str, Any]:
+    """Figures of one run directory (``ValueError`` when it has no ``final`` checkpoint)."""
+    meta_path = run_dir / "final" / "meta.json"
+    if not meta_path.is_file():
+        raise ValueError(f"{run_dir}: no final checkpoint (is the run finished?)")
+    metrics = json.loads(meta_path.read_text(encoding="utf-8"))["metrics"]
+    rows = [
+        json.loads(line)
+        for line in (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+        if line.strip()
+    ]
+    train_rows = [row for row in rows if row.get("kind") == "train"]
+    times = [datetime.fromisoformat(row["time"]) for row in rows if "time" in row]
+    seconds = sum(
+        gap
+        for gap in ((b - a).total_seconds() for a, b in itertools.pairwise(times))
+        if 0 < gap <= _MAX_GAP_S
+    )
+    return {
+        "stage": metrics.get("stage"),
+        "steps": metrics.get("step"),
+        "held_out_loss": metrics.get("eval_loss"),
+        "held_out_perplexity": metrics.get("eval_perplexity"),
+        "held_out_tokens": metrics.get("eval_tokens"),
+        "tokens_trained": train_rows[-1]["tokens_seen"] if train_rows else 0,
+        "training_hours": round(seconds / 3600, 2),
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    runs = [Path(arg) for arg in (sys.argv[1:] if argv is None else argv)]
+    if not runs:
+        print(
+            "usage: python -m model_runtime.training.summary RUN_DIR [RUN_DIR ...]", file=sys.stderr
+        )
+        return 2
+    try:
+        summary = {str(s["stage"]): s for s in map(run_summary, runs)}
+    except (OSError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

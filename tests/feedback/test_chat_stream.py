@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from asgiref.sync import sync_to_async
-from django.test import AsyncClient
 from django.urls import reverse
 from factories import ConversationFactory
+from sse_streams import logged_in_client, open_stream, parse_events
 from tiny_policy import build_tiny_policy
 
 from feedback.inference.factory import get_inference_client
@@ -22,29 +20,6 @@ from feedback.services.chat import do_send_message, do_update_sampling
 from model_runtime.sampling import SamplingParams
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-def parse_events(chunks: list[bytes]) -> list[tuple[str, str, float]]:
-    """(event, data, arrival time) of each SSE event; one chunk may hold one event."""
-    events = []
-    for chunk in chunks:
-        for block in chunk.decode().split("\n\n"):
-            lines = [line for line in block.splitlines() if not line.startswith(":")]
-            if not lines:
-                continue
-            name = next(line[7:] for line in lines if line.startswith("event: "))
-            data = "\n".join(line[6:] for line in lines if line.startswith("data: "))
-            events.append((name, data))
-    return events  # type: ignore[return-value]
-
-
-async def open_stream(conversation: Conversation, answer: Message) -> AsyncIterator[bytes]:
-    client = AsyncClient()
-    await sync_to_async(client.force_login)(conversation.owner)
-    response = await client.get(reverse("chat_stream", args=[conversation.pk, answer.pk]))
-    assert response.status_code == 200
-    assert response["Content-Type"] == "text/event-stream"
-    return response.streaming_content  # type: ignore[return-value]
 
 
 def new_turn(max_new_tokens: int = 40, temperature: float = 0.0) -> tuple[Conversation, Message]:
@@ -93,8 +68,7 @@ def test_stop_keeps_what_was_written(policy: Path, settings: Any) -> None:
         async for chunk in await open_stream(conversation, answer):
             chunks.append(chunk)
             if sum(b"event: token" in c for c in chunks) == 3:
-                client = AsyncClient()
-                await sync_to_async(client.force_login)(conversation.owner)
+                client = await logged_in_client(conversation.owner)
                 url = reverse("chat_stop", args=[conversation.pk, answer.pk])
                 assert (await client.post(url)).status_code == 302
         return chunks

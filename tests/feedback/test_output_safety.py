@@ -7,9 +7,10 @@ from html.parser import HTMLParser
 
 import pytest
 from asgiref.sync import sync_to_async
-from django.test import AsyncClient, Client
+from django.test import Client
 from django.urls import reverse
 from factories import ConversationFactory
+from sse_streams import open_stream
 
 from feedback.models import Message, MessageStatus
 from feedback.rendering import render_markdown
@@ -108,10 +109,6 @@ def test_streamed_pieces_are_escaped() -> None:
     Message.objects.filter(pk=turn.answer.pk).update(content=HOSTILE)
 
     async def read() -> str:
-        client = AsyncClient()
-        await sync_to_async(client.force_login)(conversation.owner)
-        url = reverse("chat_stream", args=[conversation.pk, turn.answer.pk])
-        response = await client.get(url)
         body = b""
 
         async def finish_soon() -> None:
@@ -121,7 +118,7 @@ def test_streamed_pieces_are_escaped() -> None:
             )
 
         task = asyncio.create_task(finish_soon())
-        async for chunk in response.streaming_content:
+        async for chunk in await open_stream(conversation, turn.answer):
             body += chunk
         await task
         return body.decode()

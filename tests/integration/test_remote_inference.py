@@ -10,11 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from asgiref.sync import sync_to_async
-from django.test import AsyncClient
-from django.urls import reverse
 from factories import ConversationFactory
 from servicekit import PYTHON, ROOT, clean_env, free_port
+from sse_streams import read_stream
 
 from feedback.inference.factory import get_inference_client, reset_inference_client
 from feedback.inference.remote import RemoteInferenceClient
@@ -76,13 +74,7 @@ def test_chat_through_a_remote_engine(
     do_update_sampling(conversation=conversation, temperature=0.0, max_new_tokens=30)
     answer = do_send_message(conversation=conversation, text="Tell me about the river.").answer
 
-    async def read() -> bytes:
-        client = AsyncClient()
-        await sync_to_async(client.force_login)(conversation.owner)
-        response = await client.get(reverse("chat_stream", args=[conversation.pk, answer.pk]))
-        return b"".join([chunk async for chunk in response.streaming_content])
-
-    body = asyncio.run(read())
+    body = asyncio.run(read_stream(conversation, answer))
     reset_inference_client()
     answer.refresh_from_db()
     assert answer.status == MessageStatus.COMPLETE, answer.error
@@ -101,13 +93,7 @@ def test_a_wrong_key_fails_the_answer_clearly(
     conversation = ConversationFactory()
     answer = do_send_message(conversation=conversation, text="hello").answer
 
-    async def read() -> None:
-        client = AsyncClient()
-        await sync_to_async(client.force_login)(conversation.owner)
-        response = await client.get(reverse("chat_stream", args=[conversation.pk, answer.pk]))
-        _ = [chunk async for chunk in response.streaming_content]
-
-    asyncio.run(read())
+    asyncio.run(read_stream(conversation, answer))
     reset_inference_client()
     answer.refresh_from_db()
     assert answer.status == MessageStatus.FAILED

@@ -57,7 +57,12 @@ def stop_key(answer_id: int) -> str:
 
 
 def request_stop(answer_id: int) -> None:
-    """Ask whichever process runs this answer to stop it (the cache is shared)."""
+    """Ask whichever process runs this answer to stop it: a run in this process sees its flag
+    at the next piece; one in another process sees the shared cache key within
+    ``STREAM_STOP_CHECK_S``."""
+    run = _runs.get(answer_id)
+    if run is not None:
+        run.stop_requested = True  # a plain attribute write: safe from the sync thread
     cache.set(stop_key(answer_id), 1, timeout=3600)
 
 
@@ -69,6 +74,7 @@ class AnswerRun:
     watchers: set[asyncio.Queue[StreamEvent]] = field(default_factory=set)
     task: asyncio.Task[None] | None = None
     last_watched: float = field(default_factory=time.monotonic)
+    stop_requested: bool = False
 
     def publish(self, event: StreamEvent) -> None:
         for queue in self.watchers:
@@ -154,13 +160,19 @@ async def _follow_from_database(answer_id: int) -> AsyncIterator[StreamEvent]:
 
 
 async def _should_stop(run: AnswerRun) -> str:
-    """Why the run must stop now, or "" to go on."""
-    if await cache.aget(stop_key(run.answer_id)):
+    """Why the run must stop now, or "" to go on. The cache is read in a worker thread, not
+    Django's one sync thread, which the database work of every other answer queues on."""
+    if run.stop_requested or await _stop_flag_in_cache(run.answer_id):
         return "stopped"
     idle = time.monotonic() - run.last_watched
     if not run.watchers and idle > settings.STREAM_RECONNECT_GRACE_S:
         return "page closed"
     return ""
+
+
+async def _stop_flag_in_cache(answer_id: int) -> bool:
+    flag = await sync_to_async(cache.get, thread_sensitive=False)(stop_key(answer_id))
+    return bool(flag)
 
 
 async def _write_answer(run: AnswerRun, client_factory: ClientFactory) -> None:
@@ -204,7 +216,7 @@ async def _write_answer(run: AnswerRun, client_factory: ClientFactory) -> None:
                 run.content += item
                 run.publish(StreamEvent("token", item))
                 now = time.monotonic()
-                if now - last_check >= settings.STREAM_STOP_CHECK_S:
+                if run.stop_requested or now - last_check >= settings.STREAM_STOP_CHECK_S:
                     last_check = now
                     reason = await _should_stop(run)
                     if reason:

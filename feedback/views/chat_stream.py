@@ -52,17 +52,22 @@ async def _events(message_id: int) -> AsyncIterator[bytes]:
             yield sse(event.kind, escape(event.text))
 
 
-@require_GET
-async def stream(request: HttpRequest, conversation_id: int, message_id: int) -> HttpResponse:
-    user = await request.auser()
-    if not user.is_authenticated or not await sync_to_async(has_role)(user, Role.USER):
-        raise Http404("No such answer.")
-    exists = await Message.objects.filter(
+def _may_watch(request: HttpRequest, conversation_id: int, message_id: int) -> bool:
+    """Whether the visitor owns this answer (one trip to the sync thread for the session, the
+    user, the roles and the answer: the first token waits on it)."""
+    user = request.user
+    if not user.is_authenticated or not has_role(user, Role.USER):
+        return False
+    return Message.objects.filter(
         pk=message_id,
         role="assistant",
         conversation__in=conversations_of(user).filter(pk=conversation_id),  # type: ignore[arg-type]
-    ).aexists()
-    if not exists:
+    ).exists()
+
+
+@require_GET
+async def stream(request: HttpRequest, conversation_id: int, message_id: int) -> HttpResponse:
+    if not await sync_to_async(_may_watch)(request, conversation_id, message_id):
         raise Http404("No such answer.")
     response = StreamingHttpResponse(_events(message_id), content_type="text/event-stream")
     response["Cache-Control"] = "no-cache"

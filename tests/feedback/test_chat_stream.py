@@ -82,6 +82,28 @@ def test_stop_keeps_what_was_written(policy: Path, settings: Any) -> None:
     assert "Stopped." in events[-1][1]
 
 
+def test_a_stop_in_this_process_takes_effect_at_the_next_piece(policy: Path, settings: Any) -> None:
+    """The run lives in this process: stop needs no cache poll (the poll is an hour away)."""
+    settings.STREAM_STOP_CHECK_S = 3600.0
+    conversation, answer = new_turn(max_new_tokens=150)
+
+    async def read() -> list[bytes]:
+        chunks: list[bytes] = []
+        async for chunk in await open_stream(conversation, answer):
+            chunks.append(chunk)
+            if sum(b"event: token" in c for c in chunks) == 3:
+                client = await logged_in_client(conversation.owner)
+                url = reverse("chat_stop", args=[conversation.pk, answer.pk])
+                assert (await client.post(url)).status_code == 302
+        return chunks
+
+    events = parse_events(asyncio.run(read()))
+    answer.refresh_from_db()
+    assert answer.status == MessageStatus.CANCELLED, answer.error
+    assert answer.finish_reason == "stopped"
+    assert len([e for e in events if e[0] == "token"]) < 150
+
+
 def test_a_reconnect_picks_the_stream_up(policy: Path, settings: Any) -> None:
     settings.STREAM_RECONNECT_GRACE_S = 30
     conversation, answer = new_turn(max_new_tokens=60)

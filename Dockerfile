@@ -10,6 +10,7 @@ COPY webapp webapp
 COPY feedback feedback
 COPY model_runtime model_runtime
 COPY templates templates
+COPY models/base models/base
 COPY manage.py Procfile ./
 RUN pip install . && DEBUG=1 python manage.py collectstatic --noinput
 RUN useradd --create-home palmloop && mkdir -p /app/var /models && chown -R palmloop /app/var /models

@@ -151,10 +151,11 @@ class DecodeBatch:
             dtype=model.embed.weight.dtype,
             capacity=width,
         )
+        # Only the last position's output is needed: its last layer runs for that position
+        # alone, and the (b, P, V) projection is skipped.
         hidden = model.hidden_states(
-            tokens, cache=cache, attention_mask=mask, positions=positions
-        )  # (b, P, D)
-        # Only the last position's logits are needed: skip the (b, P, V) projection.
+            tokens, cache=cache, attention_mask=mask, positions=positions, last_only=True
+        )  # (b, 1, D)
         logits = model.logits(hidden[:, -1])  # (b, V_model) float32
         rows = [self._new_row(request) for request in requests]
         segment = _Segment(rows=rows, cache=cache, mask=mask, logits=self._cut_vocab(logits))

@@ -1,12 +1,15 @@
 """Each test starts with an empty cache (rate-limit counters and stop flags live there); a tiny
-policy for the tests that stream answers."""
+policy for the tests that stream answers; async tests leave no database connection open."""
 
+import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from asgiref.sync import sync_to_async
 from django.core.cache import cache
+from django.db import connections
 
 from feedback.inference.factory import reset_inference_client
 
@@ -16,6 +19,14 @@ def empty_cache() -> Iterator[None]:
     cache.clear()
     yield
     cache.clear()
+
+
+@pytest.fixture(autouse=True)
+def close_sync_thread_connections() -> Iterator[None]:
+    """Async views reach the database from asgiref's sync thread; close that thread's
+    connections after each test, so the test database can be dropped at the end."""
+    yield
+    asyncio.run(sync_to_async(connections.close_all)())
 
 
 @pytest.fixture

@@ -1,0 +1,71 @@
+"""The base policy shipped in ``models/base``: what ``make run`` serves from a fresh clone.
+
+Checks the artefact itself (present, verified by its hash, bf16, within the size budget, the
+architecture of the model card) and that it behaves as the card says on everyday prompts:
+answers in English words that end their turn with ``<|end|>`` and do not loop.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+
+from model_runtime.checkpoints import LoadedCheckpoint, load_checkpoint
+from model_runtime.generation import generate
+from model_runtime.sampling import SamplingParams
+from model_runtime.tokenizer import ChatMessage, ChatTokenizer
+
+BASE = Path(__file__).resolve().parents[2] / "models" / "base"
+PROMPTS = (
+    "Hello! How are you today?",
+    "How do I make a cup of tea?",
+    "What is the capital of France?",
+    "Tell me something interesting about bees.",
+    "What should I pack for a weekend trip?",
+    "Can you give me a tip for sleeping better?",
+)
+
+
+@pytest.fixture(scope="module")
+def base() -> LoadedCheckpoint:
+    return load_checkpoint(BASE)  # verifies size and sha256 of every file first
+
+
+def test_the_shipped_files_are_a_verified_bf16_checkpoint_within_budget(
+    base: LoadedCheckpoint,
+) -> None:
+    assert sum(path.stat().st_size for path in BASE.iterdir()) <= 50 * 2**20
+    assert base.meta["dtype"] == "bfloat16"
+    assert 15e6 <= base.meta["num_parameters"] <= 30e6
+    config = base.config
+    assert (config.vocab_size, config.max_seq_len) == (8192, 512)
+    assert base.tokenizer_json is not None
+    metrics = base.meta["metrics"]
+    assert metrics["stage"] == "sft"
+    assert metrics["pretrain"]["held_out_perplexity"] > 1
+    assert metrics["sft"]["held_out_perplexity"] > 1
+
+
+def test_everyday_prompts_get_english_answers_that_end_their_turn(
+    base: LoadedCheckpoint,
+) -> None:
+    tokenizer = ChatTokenizer.from_str(base.tokenizer_json or "")
+    prompts = [
+        tokenizer.encode_chat([ChatMessage("user", p)], add_generation_prompt=True).ids
+        for p in PROMPTS
+    ]
+    params = SamplingParams(temperature=0.0, repetition_penalty=1.1, max_new_tokens=96)
+    with torch.inference_mode():
+        results = generate(base.model.float(), tokenizer, prompts, params)
+    ended = [r for r in results if r.finish_reason == "stop"]
+    assert len(ended) >= len(PROMPTS) - 1, [r.text for r in results]
+    for result in results:
+        words = re.findall(r"[A-Za-z']+", result.text)
+        assert len(words) >= 2, result.text
+        assert "<|" not in result.text
+        grams = Counter(tuple(words[i : i + 4]) for i in range(len(words) - 3))
+        assert not grams or max(grams.values()) <= 2, result.text

@@ -101,9 +101,33 @@ class AnswerRun:
 _runs: dict[int, AnswerRun] = {}
 
 
-def _load(answer_id: int) -> tuple[Message, list[Message]]:
+def _claim_answer(answer_id: int, client: InferenceClient) -> ChatGenerationRequest | None:
+    """Load the answer's conversation path, fit it to the context and mark the answer
+    streaming: one trip to Django's sync thread, which the first token waits on. None when the
+    answer is no longer pending (stopped, or taken by another process)."""
     answer = Message.objects.select_related("conversation").get(pk=answer_id)
-    return answer, path_to(answer)
+    path = path_to(answer)
+    conversation = answer.conversation
+    max_new_tokens = int(answer.sampling_params.get("max_new_tokens", 256))
+    fitted = fit_history(
+        conversation.system_prompt,
+        [HistoryTurn(m.role, m.content) for m in path[:-1]],
+        count_tokens=lambda turns: client.count_tokens(
+            [ChatTurn(t.role, t.content) for t in turns]
+        ),
+        context_length=client.context_length(),
+        max_new_tokens=max_new_tokens,
+    )
+    if not do_start_answer(
+        answer_id=answer_id, model_version="", dropped_turns=fitted.dropped_turns
+    ):
+        return None
+    return ChatGenerationRequest(
+        messages=[ChatTurn(t.role, t.content) for t in fitted.messages],
+        temperature=float(answer.sampling_params.get("temperature", 0.7)),
+        max_new_tokens=max_new_tokens,
+        user=str(conversation.owner_id),
+    )
 
 
 ClientFactory = Callable[[], InferenceClient]
@@ -181,28 +205,9 @@ async def _write_answer(run: AnswerRun, client_factory: ClientFactory) -> None:
     finished: GenerationFinished | None = None
     status, error, reason = MessageStatus.COMPLETE, "", ""
     try:
-        answer, path = await sync_to_async(_load)(run.answer_id)
         client = await sync_to_async(client_factory, thread_sensitive=False)()
-        conversation = answer.conversation
-        history = [HistoryTurn(m.role, m.content) for m in path[:-1]]
-        fitted = fit_history(
-            conversation.system_prompt,
-            history,
-            count_tokens=lambda turns: client.count_tokens(
-                [ChatTurn(t.role, t.content) for t in turns]
-            ),
-            context_length=client.context_length(),
-            max_new_tokens=int(answer.sampling_params.get("max_new_tokens", 256)),
-        )
-        request = ChatGenerationRequest(
-            messages=[ChatTurn(t.role, t.content) for t in fitted.messages],
-            temperature=float(answer.sampling_params.get("temperature", 0.7)),
-            max_new_tokens=int(answer.sampling_params.get("max_new_tokens", 256)),
-            user=str(conversation.owner_id),
-        )
-        if not await sync_to_async(do_start_answer)(
-            answer_id=run.answer_id, model_version="", dropped_turns=fitted.dropped_turns
-        ):
+        request = await sync_to_async(_claim_answer)(run.answer_id, client)
+        if request is None:
             return  # stopped before it started
         last_flush = last_check = time.monotonic()
         stream = client.stream_chat(request)

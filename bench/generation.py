@@ -43,6 +43,7 @@ from importlib import metadata
 from typing import Any
 
 import torch
+from _peers import hf_gpt_neox
 
 from model_runtime.config import PaLMConfig
 from model_runtime.generation import generate
@@ -160,29 +161,16 @@ def build_ours(size: Size, device: torch.device) -> Contender:
 
 
 def build_hf(size: Size, device: torch.device, dtype: torch.dtype) -> Contender:
-    from transformers import GenerationConfig, GPTNeoXConfig, GPTNeoXForCausalLM
+    from transformers import GenerationConfig
 
-    config = GPTNeoXConfig(
-        vocab_size=VOCAB,
-        hidden_size=size.dim,
-        num_hidden_layers=size.depth,
-        num_attention_heads=size.heads,
-        intermediate_size=5 * size.dim,  # 4 D^2 attention + 10 D^2 MLP = PaLM's 14 D^2
-        max_position_embeddings=CONTEXT,
-        rope_parameters={
-            "rope_type": "default",
-            "rope_theta": 10000.0,
-            "partial_rotary_factor": 1.0,  # rotary on the whole head, as ours
-        },
-        use_parallel_residual=True,
-        attention_bias=False,
-        tie_word_embeddings=True,
+    model = hf_gpt_neox(
+        vocab=VOCAB,
+        dim=size.dim,
+        depth=size.depth,
+        heads=size.heads,
+        context=CONTEXT,
         use_cache=True,
-        bos_token_id=None,
-        eos_token_id=None,
-        pad_token_id=0,
     )
-    model = GPTNeoXForCausalLM._from_config(config, attn_implementation="sdpa")  # type: ignore[no-untyped-call]
     model = model.eval().to(device=device, dtype=dtype)
     params = sum(p.numel() for p in model.parameters())
 

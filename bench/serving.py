@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from _peers import hf_gpt_neox
 
 from model_runtime.config import PaLMConfig
 from model_runtime.engine import Engine, EngineConfig, ModelVersion, QueueFullError
@@ -179,30 +180,10 @@ def run_engine_level(
 
 
 def build_hf(dtype: torch.dtype) -> Any:
-    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
-
-    config = GPTNeoXConfig(
-        vocab_size=VOCAB,
-        hidden_size=DIM,
-        num_hidden_layers=DEPTH,
-        num_attention_heads=HEADS,
-        intermediate_size=5 * DIM,  # 4 D^2 attention + 10 D^2 MLP = PaLM's 14 D^2
-        max_position_embeddings=CONTEXT,
-        rope_parameters={
-            "rope_type": "default",
-            "rope_theta": 10000.0,
-            "partial_rotary_factor": 1.0,
-        },
-        use_parallel_residual=True,
-        attention_bias=False,
-        tie_word_embeddings=True,
-        use_cache=True,
-        bos_token_id=None,
-        eos_token_id=None,
-        pad_token_id=0,
-    )
     torch.manual_seed(0)
-    model = GPTNeoXForCausalLM._from_config(config, attn_implementation="sdpa")
+    model = hf_gpt_neox(
+        vocab=VOCAB, dim=DIM, depth=DEPTH, heads=HEADS, context=CONTEXT, use_cache=True
+    )
     return model.eval().to(dtype=dtype)
 
 

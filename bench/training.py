@@ -48,6 +48,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from _peers import hf_gpt_neox
 from torch import nn
 
 from model_runtime.config import PaLMConfig
@@ -146,30 +147,8 @@ def build_ours(
 
 
 def build_hf(size: Size, inputs: torch.Tensor, labels: torch.Tensor) -> Contender:
-    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
-
-    config = GPTNeoXConfig(
-        vocab_size=VOCAB,
-        hidden_size=size.dim,
-        num_hidden_layers=size.depth,
-        num_attention_heads=size.heads,
-        intermediate_size=5 * size.dim,
-        max_position_embeddings=SEQ,
-        rope_parameters={
-            "rope_type": "default",
-            "rope_theta": 10000.0,
-            "partial_rotary_factor": 1.0,
-        },
-        use_parallel_residual=True,
-        attention_bias=False,
-        tie_word_embeddings=True,
-        use_cache=False,
-        bos_token_id=None,
-        eos_token_id=None,
-        pad_token_id=0,
-    )
-    model = GPTNeoXForCausalLM._from_config(  # type: ignore[no-untyped-call]
-        config, attn_implementation="sdpa"
+    model = hf_gpt_neox(
+        vocab=VOCAB, dim=size.dim, depth=size.depth, heads=size.heads, context=SEQ, use_cache=False
     ).train()
 
     def loss_of(m: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -15,11 +15,10 @@ import torch
 
 from model_runtime.generation import generate
 from model_runtime.palm import PaLM
-from model_runtime.sampling import SamplingParams
+from model_runtime.sampling import CHAT_TOP_P, SamplingParams
 from model_runtime.tokenizer import ChatMessage, ChatTokenizer
 
-CHAT_TEMPERATURE = 0.7  # the chat app's defaults (feedback ChatLimits, local inference)
-CHAT_TOP_P = 0.95
+CHAT_TEMPERATURE = 0.7  # ChatLimits.default_temperature, the chat app's default
 
 
 @dataclass(frozen=True)

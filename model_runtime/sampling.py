@@ -20,6 +20,8 @@ import torch
 
 PENALTY_RANGE = (-2.0, 2.0)  # OpenAI's range for frequency and presence penalties
 MAX_SEED = 2**63 - 1
+# The chat app's nucleus: it keeps a small model out of its long tail of unlikely tokens.
+CHAT_TOP_P = 0.95
 
 
 @dataclass(frozen=True)

@@ -22,11 +22,8 @@ from model_runtime.engine import (
     QueueFullError,
     SwapError,
 )
-from model_runtime.sampling import SamplingParams
+from model_runtime.sampling import CHAT_TOP_P, SamplingParams
 from model_runtime.tokenizer import ChatMessage
-
-# Nucleus sampling keeps a small model from wandering into its long tail of unlikely tokens.
-CHAT_TOP_P = 0.95
 
 
 class LocalInferenceClient:

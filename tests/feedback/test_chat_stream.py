@@ -59,21 +59,25 @@ def test_pieces_arrive_one_by_one_and_the_answer_is_saved(policy: Path) -> None:
     assert "sse-connect" not in done_html  # the finished message stops streaming
 
 
+async def read_then_stop(
+    conversation: Conversation, answer: Message, *, after_tokens: int
+) -> list[bytes]:
+    """The whole stream, pressing stop (as the owner) once ``after_tokens`` pieces arrived."""
+    chunks: list[bytes] = []
+    async for chunk in await open_stream(conversation, answer):
+        chunks.append(chunk)
+        if sum(b"event: token" in c for c in chunks) == after_tokens:
+            client = await logged_in_client(conversation.owner)
+            url = reverse("chat_stop", args=[conversation.pk, answer.pk])
+            assert (await client.post(url)).status_code == 302
+    return chunks
+
+
 def test_stop_keeps_what_was_written(policy: Path, settings: Any) -> None:
     settings.STREAM_STOP_CHECK_S = 0.0
     conversation, answer = new_turn(max_new_tokens=150)
 
-    async def read() -> list[bytes]:
-        chunks: list[bytes] = []
-        async for chunk in await open_stream(conversation, answer):
-            chunks.append(chunk)
-            if sum(b"event: token" in c for c in chunks) == 3:
-                client = await logged_in_client(conversation.owner)
-                url = reverse("chat_stop", args=[conversation.pk, answer.pk])
-                assert (await client.post(url)).status_code == 302
-        return chunks
-
-    events = parse_events(asyncio.run(read()))
+    events = parse_events(asyncio.run(read_then_stop(conversation, answer, after_tokens=3)))
     assert events[-1][0] == "done"
     answer.refresh_from_db()
     assert answer.status == MessageStatus.CANCELLED, answer.error
@@ -87,17 +91,7 @@ def test_a_stop_in_this_process_takes_effect_at_the_next_piece(policy: Path, set
     settings.STREAM_STOP_CHECK_S = 3600.0
     conversation, answer = new_turn(max_new_tokens=150)
 
-    async def read() -> list[bytes]:
-        chunks: list[bytes] = []
-        async for chunk in await open_stream(conversation, answer):
-            chunks.append(chunk)
-            if sum(b"event: token" in c for c in chunks) == 3:
-                client = await logged_in_client(conversation.owner)
-                url = reverse("chat_stop", args=[conversation.pk, answer.pk])
-                assert (await client.post(url)).status_code == 302
-        return chunks
-
-    events = parse_events(asyncio.run(read()))
+    events = parse_events(asyncio.run(read_then_stop(conversation, answer, after_tokens=3)))
     answer.refresh_from_db()
     assert answer.status == MessageStatus.CANCELLED, answer.error
     assert answer.finish_reason == "stopped"

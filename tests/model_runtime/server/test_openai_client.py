@@ -48,6 +48,7 @@ def test_chat_completion(api_server: RunningServer, tokenizer: ChatTokenizer) ->
         max_tokens=12,
         seed=7,
         temperature=0.8,
+        user="alice",
     )
     (choice,) = response.choices
     assert choice.message.role == "assistant"
@@ -67,6 +68,7 @@ def test_chat_completion(api_server: RunningServer, tokenizer: ChatTokenizer) ->
         max_tokens=12,
         seed=7,
         temperature=0.8,
+        user="bob",  # accepted (OpenAI's end-user id); it never changes the sampling
     )
     assert again.choices[0].message.content == choice.message.content  # same seed, same answer
 

@@ -124,20 +124,15 @@ async def engine_alone(policy: Path, clients: int, max_tokens: int) -> list[Stre
 # --- the whole stack --------------------------------------------------------------------------
 
 
-def start_server(env: dict[str, str], port: int, log: Path) -> subprocess.Popen[bytes]:
+UVICORN = ["-m", "uvicorn", "webapp.asgi:application", "--host", "127.0.0.1"]
+
+
+def start_server(
+    env: dict[str, str], port: int, log: Path, command: list[str] | None = None
+) -> subprocess.Popen[bytes]:
+    """Start ``python COMMAND --port PORT`` (the web app by default); wait for /healthz."""
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "webapp.asgi:application",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--log-level",
-            "warning",
-        ],
+        [sys.executable, *(command or UVICORN), "--port", str(port), "--log-level", "warning"],
         cwd=ROOT,
         env=env,
         stdout=log.open("w"),
@@ -161,12 +156,17 @@ async def through_stack(
 ) -> list[StreamTiming]:
     import httpx
 
+    # Every page is loaded before anyone sends: the 8 sends then leave together, as the 8
+    # requests reach the engine together in the engine-alone run.
+    pages_loaded = asyncio.Barrier(len(sessions))
+
     async def one(session_key: str, conversation_id: int) -> StreamTiming:
         cookies = {cookie_name: session_key}
         async with httpx.AsyncClient(base_url=base, cookies=cookies, timeout=300) as http:
             page = await http.get(f"/chat/{conversation_id}/")
             token = re.search(r'"X-CSRFToken": "([^"]+)"', page.text)
             assert token, "no CSRF token on the chat page"
+            await pages_loaded.wait()
             started = time.perf_counter()
             sent = await http.post(
                 f"/chat/{conversation_id}/send/",
@@ -179,16 +179,18 @@ async def through_stack(
             assert stream_url, sent.text[:500]
             first = None
             pieces = tokens = 0
-            done = False
+            event = ""
             async with http.stream("GET", stream_url.group(1)) as response:
                 open_s = time.perf_counter() - started
                 async for line in response.aiter_lines():
-                    if line == "event: token":
-                        pieces += 1
+                    if line.startswith("event: "):
+                        event = line[len("event: ") :]
+                        pieces += event == "token"
+                    elif event in ("reset", "token") and line.startswith("data: ") and line[6:]:
+                        # The first text on screen: written before the stream opened (it comes
+                        # in the opening "reset"), or the first "token" after.
                         first = first or time.perf_counter() - started
-                    elif line == "event: done":
-                        done = True
-                    elif done and (count := re.search(r"(\d+) tokens", line)):
+                    elif event == "done" and (count := re.search(r"(\d+) tokens", line)):
                         tokens = int(count.group(1))  # from the finished message's footer
             total = time.perf_counter() - started
         return StreamTiming(first or 0.0, total, pieces, tokens, send_s, open_s)
@@ -243,6 +245,12 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=256)
     parser.add_argument("--depth", type=int, default=8)
     parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument(
+        "--remote-engine",
+        action="store_true",
+        help="the web app streams from the OpenAI-compatible server in its own process "
+        "(INFERENCE_URL) instead of an engine inside the web process",
+    )
     args = parser.parse_args()
 
     import torch
@@ -264,15 +272,25 @@ def main() -> None:
         "DJANGO_SETTINGS_MODULE": "webapp.settings",
     }
     sessions = prepare_database(env, args.clients + 2, args.max_tokens)
+    engine_server = None
+    if args.remote_engine:
+        serve = ["-m", "model_runtime", "serve", "--model", str(policy), "--dtype", "bfloat16"]
+        serve += ["--max-batch-size", "16", "--host", "127.0.0.1"]
+        engine_server = start_server(env, args.port + 1, work / "engine.log", serve)
+        env["INFERENCE_URL"] = f"http://127.0.0.1:{args.port + 1}"
     server = start_server(env, args.port, work / "uvicorn.log")
     try:
         base = f"http://127.0.0.1:{args.port}"
         asyncio.run(through_stack(base, sessions[:2], args.max_tokens, "sessionid"))  # warm-up
         stack = asyncio.run(through_stack(base, sessions[2:], args.max_tokens, "sessionid"))
     finally:
-        server.terminate()
-        server.wait(timeout=30)
+        for process in (server, engine_server):
+            if process is not None:
+                process.terminate()
+                process.wait(timeout=30)
 
+    if not all(t.tokens for t in stack):
+        raise SystemExit("an answer failed; the web log:\n" + (work / "uvicorn.log").read_text())
     engine_figures, stack_figures = summarise(engine), summarise(stack)
     ratio = stack_figures["ttft_p50_ms"] / max(engine_figures["ttft_p50_ms"], 1e-9)
     print(f"{args.clients} concurrent clients, {args.max_tokens} tokens each")
@@ -296,6 +314,7 @@ def main() -> None:
                 "max_tokens": args.max_tokens,
                 "policy": str(policy),
                 "database": "postgres" if "DATABASE_URL" in os.environ else "sqlite",
+                "engine_process": "own" if args.remote_engine else "web",
                 "engine": engine_figures,
                 "stack": stack_figures,
                 "ttft_ratio_stack_over_engine": round(ratio, 2),

@@ -40,6 +40,9 @@ class RemoteInferenceClient:
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._timeout = httpx.Timeout(timeout_s, connect=5.0)
         self._transport = transport
+        # Built once: an httpx client would otherwise load the CA bundle for every answer,
+        # ~35 ms of CPU on the event loop that every stream of this process shares.
+        self._tls = httpx.create_ssl_context()
 
     def context_length(self) -> int:
         return self._context_length
@@ -65,7 +68,9 @@ class RemoteInferenceClient:
         finish_reason, model, usage = "", "", {"prompt_tokens": 0, "completion_tokens": 0}
         try:
             async with (
-                httpx.AsyncClient(timeout=self._timeout, transport=self._transport) as http,
+                httpx.AsyncClient(
+                    timeout=self._timeout, transport=self._transport, verify=self._tls
+                ) as http,
                 http.stream(
                     "POST",
                     f"{self._base_url}/v1/chat/completions",

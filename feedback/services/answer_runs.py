@@ -1,6 +1,8 @@
 """Writing an answer: one run per answer in the web process, watched by any number of streams.
 
-A run is started by the first stream that connects to a pending answer. It keeps going while
+A run starts as soon as the answer is created, when this process serves its streams from a
+long-lived event loop (uvicorn: see ``webapp.asgi``), so the first tokens are already written when
+the page's stream connects; otherwise the first stream that connects starts it. It keeps going while
 the page reconnects (the new stream first receives everything written so far), and stops when
 the user presses stop, when the answer is complete, or when no page has watched it for
 ``STREAM_RECONNECT_GRACE_S`` seconds. Progress is saved to the database every
@@ -10,6 +12,7 @@ the user presses stop, when the answer is complete, or when no page has watched 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -20,6 +23,7 @@ from typing import Literal
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.core.cache import cache
+from django.db import transaction
 
 from feedback.inference.base import (
     ChatGenerationRequest,
@@ -98,7 +102,31 @@ class AnswerRun:
             self.last_watched = time.monotonic()
 
 
+ClientFactory = Callable[[], InferenceClient]
 _runs: dict[int, AnswerRun] = {}
+_serving_loop: asyncio.AbstractEventLoop | None = None
+
+
+def serve_streams_from(loop: asyncio.AbstractEventLoop | None) -> None:
+    """Declare the event loop that serves this process's streams (called by the ASGI entry
+    point): answers created from then on start writing at once, on that loop."""
+    global _serving_loop
+    _serving_loop = loop
+
+
+def start_answer_soon(answer_id: int, client: ClientFactory) -> None:
+    """Start writing a new pending answer now, before its page opens the stream (from any
+    thread, once the creating transaction commits). Without a serving loop, or with
+    ``CHAT_START_ON_SEND`` off, the answer waits for its first stream as before."""
+    loop = _serving_loop
+    if loop is None or loop.is_closed() or not settings.CHAT_START_ON_SEND:
+        return
+    transaction.on_commit(lambda: loop.call_soon_threadsafe(_start_if_idle, answer_id, client))
+
+
+def _start_if_idle(answer_id: int, client: ClientFactory) -> None:
+    if answer_id not in _runs:
+        _start(answer_id, client)
 
 
 def _claim_answer(answer_id: int, client: InferenceClient) -> ChatGenerationRequest | None:
@@ -130,9 +158,6 @@ def _claim_answer(answer_id: int, client: InferenceClient) -> ChatGenerationRequ
     )
 
 
-ClientFactory = Callable[[], InferenceClient]
-
-
 async def watch_answer(answer_id: int, client: ClientFactory) -> AsyncIterator[StreamEvent]:
     """Events for one page: everything so far, then new pieces, then "done".
 
@@ -161,7 +186,11 @@ async def watch_answer(answer_id: int, client: ClientFactory) -> AsyncIterator[S
 def _start(answer_id: int, client: ClientFactory) -> AnswerRun:
     run = AnswerRun(answer_id)
     _runs[answer_id] = run
-    run.task = asyncio.get_running_loop().create_task(_write_answer(run, client))
+    # A context of its own: the run outlives the request that started it, and asgiref ties
+    # sync_to_async calls to the executor of the request whose context they run in.
+    run.task = asyncio.get_running_loop().create_task(
+        _write_answer(run, client), context=contextvars.Context()
+    )
     return run
 
 

@@ -108,16 +108,19 @@ def _new_answer(conversation: Conversation, parent: Message) -> Message:
     )
 
 
-def _touch(conversation: Conversation, leaf: Message) -> None:
+def _touch(conversation: Conversation, leaf: Message, also: list[str] | None = None) -> None:
     conversation.current_leaf = leaf
-    conversation.save(update_fields=["current_leaf", "updated_at"])
+    conversation.save(update_fields=["current_leaf", "updated_at", *(also or [])])
 
 
 @transaction.atomic
-def do_send_message(*, conversation: Conversation, text: str) -> Turn:
-    """Append a user turn to the branch on screen and open a pending answer to it."""
+def do_send_message(
+    *, conversation: Conversation, text: str, limits: ChatLimits | None = None
+) -> Turn:
+    """Append a user turn to the branch on screen and open a pending answer to it
+    (``turn.answer.conversation`` is the conversation as it now stands)."""
     conversation = Conversation.objects.select_for_update().get(pk=conversation.pk)
-    text = validate_user_text(text, limits=ChatLimits.current())
+    text = validate_user_text(text, limits=limits or ChatLimits.current())
     _refuse_if_answering(conversation)
     user = Message.objects.create(
         conversation=conversation,
@@ -125,11 +128,11 @@ def do_send_message(*, conversation: Conversation, text: str) -> Turn:
         role=MessageRole.USER,
         content=text,
     )
-    if conversation.title == "New conversation":
-        conversation.title = " ".join(text.split())[:60]
-        conversation.save(update_fields=["title"])
     answer = _new_answer(conversation, user)
-    _touch(conversation, answer)
+    named = conversation.title == "New conversation"
+    if named:  # a first message names the conversation
+        conversation.title = " ".join(text.split())[:60]
+    _touch(conversation, answer, also=["title"] if named else [])
     return Turn(user=user, answer=answer)
 
 
@@ -146,12 +149,12 @@ def do_regenerate(*, answer: Message) -> Message:
 
 
 @transaction.atomic
-def do_edit_user_message(*, message: Message, text: str) -> Turn:
+def do_edit_user_message(*, message: Message, text: str, limits: ChatLimits | None = None) -> Turn:
     """Editing a user turn starts a new branch beside it, with a fresh answer."""
     conversation = Conversation.objects.select_for_update().get(pk=message.conversation_id)
     if message.role != MessageRole.USER:
         raise ChatInputError("Only your own messages can be edited.")
-    text = validate_user_text(text, limits=ChatLimits.current())
+    text = validate_user_text(text, limits=limits or ChatLimits.current())
     _refuse_if_answering(conversation)
     user = Message.objects.create(
         conversation=conversation, parent=message.parent, role=MessageRole.USER, content=text

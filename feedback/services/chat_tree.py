@@ -7,13 +7,9 @@ from dataclasses import dataclass
 from feedback.models import Conversation, Message
 
 
-def path_to(leaf: Message | None) -> list[Message]:
-    """Root-to-leaf messages ending at ``leaf`` (empty for None)."""
-    if leaf is None:
-        return []
-    by_id = {m.pk: m for m in Message.objects.filter(conversation_id=leaf.conversation_id)}
+def _walk_up(by_id: dict[int, Message], leaf_id: int | None) -> list[Message]:
     path: list[Message] = []
-    node: Message | None = by_id.get(leaf.pk, leaf)
+    node = by_id.get(leaf_id) if leaf_id is not None else None
     while node is not None:
         path.append(node)
         node = by_id.get(node.parent_id) if node.parent_id else None
@@ -21,8 +17,17 @@ def path_to(leaf: Message | None) -> list[Message]:
     return path
 
 
+def path_to(leaf: Message | None) -> list[Message]:
+    """Root-to-leaf messages ending at ``leaf`` (empty for None)."""
+    if leaf is None:
+        return []
+    by_id = {m.pk: m for m in Message.objects.filter(conversation_id=leaf.conversation_id)}
+    by_id[leaf.pk] = by_id.get(leaf.pk, leaf)
+    return _walk_up(by_id, leaf.pk)
+
+
 def active_path(conversation: Conversation) -> list[Message]:
-    return path_to(conversation.current_leaf)
+    return [message for message, _ in thread_entries(conversation)]
 
 
 def deepest_latest_leaf(message: Message) -> Message:
@@ -49,10 +54,28 @@ def sibling_position(message: Message) -> SiblingPosition:
             conversation_id=message.conversation_id, parent_id=message.parent_id
         ).values_list("id", flat=True)
     )
-    i = siblings.index(message.pk)
+    return _position(siblings, message.pk)
+
+
+def _position(siblings: list[int], message_id: int) -> SiblingPosition:
+    i = siblings.index(message_id)
     return SiblingPosition(
         index=i + 1,
         count=len(siblings),
         previous_id=siblings[i - 1] if i > 0 else None,
         next_id=siblings[i + 1] if i + 1 < len(siblings) else None,
     )
+
+
+def thread_entries(conversation: Conversation) -> list[tuple[Message, SiblingPosition]]:
+    """The branch on screen, each message with its place among its siblings: one query for
+    the whole conversation (a send renders this while the answer waits to start)."""
+    if conversation.current_leaf_id is None:
+        return []
+    messages = list(Message.objects.filter(conversation_id=conversation.pk))  # created_at, id
+    by_id = {m.pk: m for m in messages}
+    children: dict[int | None, list[int]] = {}
+    for m in messages:
+        children.setdefault(m.parent_id, []).append(m.pk)
+    path = _walk_up(by_id, conversation.current_leaf_id)
+    return [(m, _position(children[m.parent_id], m.pk)) for m in path]

@@ -17,9 +17,10 @@ from django.views.decorators.http import require_GET, require_POST
 from django_htmx.http import HttpResponseClientRedirect
 from django_ratelimit.core import is_ratelimited
 
+from feedback.inference.factory import get_inference_client
 from feedback.models import ChatLimits, Conversation, Message, MessageRole, Persona
 from feedback.roles import Role, role_required
-from feedback.services.answer_runs import request_stop
+from feedback.services.answer_runs import request_stop, start_answer_soon
 from feedback.services.chat import (
     ChatInputError,
     conversations_of,
@@ -33,7 +34,9 @@ from feedback.services.chat import (
     do_start_conversation,
     do_update_sampling,
 )
-from feedback.services.chat_tree import active_path, sibling_position
+from feedback.services.chat_tree import thread_entries
+
+TOO_FAST = "You are sending too fast; wait a minute."
 
 
 def _conversation(request: HttpRequest, conversation_id: int) -> Conversation:
@@ -45,9 +48,11 @@ def _message(request: HttpRequest, conversation_id: int, message_id: int) -> Mes
     return get_object_or_404(Message, pk=message_id, conversation=conversation)
 
 
-def _thread_context(conversation: Conversation, error: str = "") -> dict[str, object]:
-    path = active_path(conversation)
-    entries = [{"message": m, "siblings": sibling_position(m)} for m in path]
+def _thread_context(
+    conversation: Conversation, error: str = "", limits: ChatLimits | None = None
+) -> dict[str, object]:
+    entries = [{"message": m, "siblings": s} for m, s in thread_entries(conversation)]
+    path = [entry["message"] for entry in entries]
     dropped = next((m.dropped_turns for m in reversed(path) if m.role == "assistant"), 0)
     return {
         "conversation": conversation,
@@ -55,14 +60,19 @@ def _thread_context(conversation: Conversation, error: str = "") -> dict[str, ob
         "dropped_turns": dropped,
         "error": error,
         "answering": any(m.is_open for m in path),
-        "limits": ChatLimits.current(),
+        "limits": limits or ChatLimits.current(),
     }
 
 
-def _thread(request: HttpRequest, conversation: Conversation, error: str = "") -> HttpResponse:
+def _thread(
+    request: HttpRequest,
+    conversation: Conversation,
+    error: str = "",
+    limits: ChatLimits | None = None,
+) -> HttpResponse:
     """The message thread alone for htmx, or the whole page otherwise."""
     if request.htmx:
-        context = _thread_context(conversation, error)
+        context = _thread_context(conversation, error, limits)
         thread = render_to_string("feedback/chat.html#thread", context, request)
         # The title may have changed (a first message names the conversation): out of band.
         title = render_to_string("feedback/chat.html#title", {**context, "oob": True}, request)
@@ -116,8 +126,8 @@ def chat(request: HttpRequest, conversation_id: int) -> HttpResponse:
     )
 
 
-def _rate_limited(request: HttpRequest) -> bool:
-    per_minute = ChatLimits.current().messages_per_minute
+def _rate_limited(request: HttpRequest, limits: ChatLimits) -> bool:
+    per_minute = limits.messages_per_minute
     return is_ratelimited(
         request, group="chat-send", key="user", rate=f"{per_minute}/m", increment=True
     )
@@ -127,42 +137,49 @@ def _rate_limited(request: HttpRequest) -> bool:
 @require_POST
 def send(request: HttpRequest, conversation_id: int) -> HttpResponse:
     conversation = _conversation(request, conversation_id)
-    if _rate_limited(request):
-        return _thread(request, conversation, "You are sending too fast; wait a minute.")
+    limits = ChatLimits.current()
+    if _rate_limited(request, limits):
+        return _thread(request, conversation, TOO_FAST, limits)
     try:
-        do_send_message(conversation=conversation, text=request.POST.get("text", ""))
+        turn = do_send_message(
+            conversation=conversation, text=request.POST.get("text", ""), limits=limits
+        )
     except ChatInputError as exc:
-        return _thread(request, conversation, str(exc))
-    conversation.refresh_from_db()
-    return _thread(request, conversation)
+        return _thread(request, conversation, str(exc), limits)
+    start_answer_soon(turn.answer.pk, get_inference_client)
+    return _thread(request, turn.answer.conversation, limits=limits)
 
 
 @role_required(Role.USER)
 @require_POST
 def regenerate(request: HttpRequest, conversation_id: int, message_id: int) -> HttpResponse:
     answer = _message(request, conversation_id, message_id)
-    if _rate_limited(request):
-        return _thread(request, answer.conversation, "You are sending too fast; wait a minute.")
+    limits = ChatLimits.current()
+    if _rate_limited(request, limits):
+        return _thread(request, answer.conversation, TOO_FAST, limits)
     try:
-        do_regenerate(answer=answer)
+        sibling = do_regenerate(answer=answer)
     except ChatInputError as exc:
-        return _thread(request, answer.conversation, str(exc))
-    answer.conversation.refresh_from_db()
-    return _thread(request, answer.conversation)
+        return _thread(request, answer.conversation, str(exc), limits)
+    start_answer_soon(sibling.pk, get_inference_client)
+    return _thread(request, sibling.conversation, limits=limits)
 
 
 @role_required(Role.USER)
 @require_POST
 def edit(request: HttpRequest, conversation_id: int, message_id: int) -> HttpResponse:
     message = _message(request, conversation_id, message_id)
-    if _rate_limited(request):
-        return _thread(request, message.conversation, "You are sending too fast; wait a minute.")
+    limits = ChatLimits.current()
+    if _rate_limited(request, limits):
+        return _thread(request, message.conversation, TOO_FAST, limits)
     try:
-        do_edit_user_message(message=message, text=request.POST.get("text", ""))
+        turn = do_edit_user_message(
+            message=message, text=request.POST.get("text", ""), limits=limits
+        )
     except ChatInputError as exc:
-        return _thread(request, message.conversation, str(exc))
-    message.conversation.refresh_from_db()
-    return _thread(request, message.conversation)
+        return _thread(request, message.conversation, str(exc), limits)
+    start_answer_soon(turn.answer.pk, get_inference_client)
+    return _thread(request, turn.answer.conversation, limits=limits)
 
 
 @role_required(Role.USER)

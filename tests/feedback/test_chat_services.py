@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from factories import ConversationFactory, PersonaFactory, UserFactory
@@ -21,7 +22,7 @@ from feedback.services.chat import (
     do_sweep_open_answers,
     do_update_sampling,
 )
-from feedback.services.chat_tree import active_path, sibling_position
+from feedback.services.chat_tree import active_path, sibling_position, thread_entries
 
 pytestmark = pytest.mark.django_db
 
@@ -144,3 +145,21 @@ def test_sweep_closes_only_stale_answers_keeping_their_text() -> None:
     assert stale_streaming.content == "half an ans" and "interrupted" in stale_streaming.error
     assert stale_pending.status == MessageStatus.CANCELLED
     assert fresh.status == MessageStatus.PENDING
+
+
+def test_the_thread_on_screen_and_its_sibling_positions_come_from_one_query(
+    django_assert_num_queries: Any,
+) -> None:
+    conversation = ConversationFactory()
+    first = do_send_message(conversation=conversation, text="one")
+    do_finish_answer(answer_id=first.answer.pk, status=MessageStatus.COMPLETE, content="a")
+    second = do_regenerate(answer=first.answer)
+    do_finish_answer(answer_id=second.pk, status=MessageStatus.COMPLETE, content="b")
+    conversation.refresh_from_db()
+    with django_assert_num_queries(1):
+        entries = thread_entries(conversation)
+    assert [m.pk for m, _ in entries] == [first.user.pk, second.pk]
+    user_place, answer_place = (place for _, place in entries)
+    assert (user_place.index, user_place.count) == (1, 1)
+    assert (answer_place.index, answer_place.count) == (2, 2)
+    assert answer_place.previous_id == first.answer.pk and answer_place.next_id is None

@@ -28,7 +28,7 @@ not use, and which only ever update float32 training weights here) must be follo
 from __future__ import annotations
 
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
 
@@ -82,8 +82,6 @@ class _PackedTable:
 # Single weights and sums live apart, so a weight used both alone and first in a sum keeps both.
 _SINGLE = _PackedTable()
 _SUMS = _PackedTable()
-# Sums' weights concatenated along the input axis, plain row-major: one row's product (below).
-_SUM_MATRICES = _PackedTable()
 
 
 @cache
@@ -97,9 +95,7 @@ def _bf16_kernels() -> bool:
 
 def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """``F.linear(x, weight)``: x (..., in), weight (out, in) -> (..., out)."""
-    if _one_row((x,), (weight,)):
-        return _vector_product(x, weight)
-    packed = _packed_for((x,), (weight,), _SINGLE, _reorder)
+    packed = _packed_for((x,), (weight,), _SINGLE)
     if packed is None:
         return F.linear(x, weight)
     return _product(x, packed)
@@ -111,11 +107,7 @@ def linear_sum(inputs: Sequence[torch.Tensor], weights: Sequence[torch.Tensor]) 
     with the weights concatenated along their input axis (summed in float32, rounded once)."""
     if len(inputs) != len(weights) or not inputs:
         raise ValueError(f"need one weight per input, got {len(inputs)} and {len(weights)}")
-    if _one_row(inputs, weights):
-        whole = _packed_for(inputs, weights, _SUM_MATRICES, _concatenate)
-        if whole is not None:
-            return _vector_product(torch.cat(tuple(inputs), dim=-1), whole)
-    packed = _packed_for(inputs, weights, _SUMS, _reorder)
+    packed = _packed_for(inputs, weights, _SUMS)
     if packed is None:
         out = F.linear(inputs[0], weights[0])
         for x, w in zip(inputs[1:], weights[1:], strict=True):
@@ -134,7 +126,6 @@ def forget_packed(weight: torch.Tensor | None = None) -> None:
     rebuilt on next use."""
     _SINGLE.forget(weight)
     _SUMS.forget(weight)
-    _SUM_MATRICES.forget(weight)
 
 
 def _packable_inputs(inputs: Sequence[torch.Tensor], weights: Sequence[torch.Tensor]) -> bool:
@@ -157,43 +148,11 @@ def _packable_weight(weight: torch.Tensor) -> bool:
     )
 
 
-def _one_row(inputs: Sequence[torch.Tensor], weights: Sequence[torch.Tensor]) -> bool:
-    """Inputs that are one row (a batch-1 decoding step) on the packed path's terms: these go
-    to ``torch.mv`` on the plain weight, whose bf16 kernel (float32 sums, like oneDNN's, and
-    bit-identical here) streams a weight ~1.7x faster than the packed product does for one row
-    once the weights outgrow the L2 cache (12 weights of 768 x 5120, 2 threads: 25 vs 15 GB/s)."""
-    return (
-        all(x.numel() == w.shape[-1] for x, w in zip(inputs, weights, strict=True))
-        and _packable_inputs(inputs, weights)
-        and all(
-            w.dtype == torch.bfloat16 and w.is_cpu and w.dim() == 2 and w.is_contiguous()
-            for w in weights
-        )
-    )
-
-
-def _vector_product(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    return torch.mv(weight, x.reshape(-1)).view(*x.shape[:-1], weight.shape[0])
-
-
-def _reorder(whole: torch.Tensor) -> torch.Tensor:
-    packed: torch.Tensor = torch.ops.mkldnn._reorder_linear_weight(whole, 1)
-    return packed
-
-
-def _concatenate(whole: torch.Tensor) -> torch.Tensor:
-    return whole  # torch.cat's result (or the one weight of a one-term sum) as it is
-
-
 def _packed_for(
-    inputs: Sequence[torch.Tensor],
-    weights: Sequence[torch.Tensor],
-    table: _PackedTable,
-    make: Callable[[torch.Tensor], torch.Tensor],
+    inputs: Sequence[torch.Tensor], weights: Sequence[torch.Tensor], table: _PackedTable
 ) -> torch.Tensor | None:
-    """The copy ``make`` makes of ``weights`` (concatenated along the input axis) when the
-    packed path applies to these inputs, made now if there is none or a weight changed; else
-    None."""
+    """The packed copy of ``weights`` (concatenated along the input axis) when the packed path
+    applies to these inputs, made now if there is none or a weight changed; else None."""
     if not _packable_inputs(inputs, weights):
         return None
     entry = table.get(weights[0])
@@ -204,7 +163,7 @@ def _packed_for(
     with torch.no_grad():
         sources = tuple(w.detach() for w in weights)
         whole = sources[0] if len(sources) == 1 else torch.cat(sources, dim=1)
-        packed = make(whole)
+        packed: torch.Tensor = torch.ops.mkldnn._reorder_linear_weight(whole, 1)
     states = tuple(_state(w) for w in weights)
     table.put(weights[0], _Packed(sources=sources, states=states, packed=packed))
     return packed

@@ -28,6 +28,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from model_runtime.engine.passing_thread import run_in_passing_thread  # noqa: E402
+
 PROMPT = "Tell me about rivers and how they shape the land around them."
 
 
@@ -257,7 +259,12 @@ def main() -> None:
 
     torch.set_num_threads(2)
     work = Path(tempfile.mkdtemp(prefix="palmloop-bench-chat-"))
-    policy = args.policy or build_policy(work / "policy", dim=args.dim, depth=args.depth)
+    # Built in a thread that ends: torch work in the main thread would leave an OpenMP pool
+    # behind that slows the engine's scheduler thread (model_runtime/engine/passing_thread.py),
+    # which the web process, whose main thread does no torch work, does not suffer either.
+    policy = args.policy or run_in_passing_thread(
+        lambda: build_policy(work / "policy", dim=args.dim, depth=args.depth), name="build"
+    )
 
     engine = asyncio.run(engine_alone(policy, args.clients, args.max_tokens))
 

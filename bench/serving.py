@@ -45,6 +45,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,7 @@ from _peers import hf_gpt_neox
 
 from model_runtime.config import PaLMConfig
 from model_runtime.engine import Engine, EngineConfig, ModelVersion, QueueFullError
+from model_runtime.engine.passing_thread import run_in_passing_thread
 from model_runtime.palm import PaLM
 from model_runtime.sampling import SamplingParams
 from model_runtime.tokenizer import ChatTokenizer, train_tokenizer
@@ -92,7 +94,7 @@ def bench_tokenizer(workdir: Path) -> ChatTokenizer:
     return tokenizer
 
 
-def build_engine(tokenizer: ChatTokenizer, dtype: str, max_queued: int) -> Engine:
+def build_model(dtype: str) -> PaLM:
     torch.manual_seed(0)
     config = PaLMConfig(
         vocab_size=VOCAB,
@@ -102,7 +104,10 @@ def build_engine(tokenizer: ChatTokenizer, dtype: str, max_queued: int) -> Engin
         dim_head=DIM_HEAD,
         max_seq_len=CONTEXT,
     )
-    model = PaLM(config).eval().to(getattr(torch, dtype))
+    return PaLM(config).eval().to(getattr(torch, dtype))
+
+
+def start_engine(model: PaLM, tokenizer: ChatTokenizer, max_queued: int) -> Engine:
     engine_config = EngineConfig(max_batch_size=MAX_BATCH, max_queued=max_queued)
     return Engine(model, tokenizer, version=ModelVersion("bench", "0" * 64), config=engine_config)
 
@@ -351,20 +356,27 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as workdir:
         tokenizer = bench_tokenizer(Path(workdir))
-    engine = build_engine(tokenizer, args.dtype, max_queued=2 * MAX_BATCH)
-    params = engine.model.num_parameters()
+    # All torch work runs in threads that end (the engine's scheduler, run_in_passing_thread),
+    # never in this main thread: a thread that ran torch's parallel kernels keeps an OpenMP pool
+    # that slows every other thread's (model_runtime/engine/passing_thread.py). Each contender
+    # thus runs as it would alone in its process: the engine is closed while HF runs.
+    policy = run_in_passing_thread(lambda: build_model(args.dtype), name="build")
+    params = policy.num_parameters()
     print(f"model: {params / 1e6:.1f}M parameters, {args.dtype}, {args.threads} threads")
-    run_engine_level(engine, tokenizer, 4, 1, 8)  # warm-up (packing, allocator)
     load = os.getloadavg()
 
     # Best of --repeats, the levels (and the HF runs) interleaved so that load from other
     # processes on a shared machine hits them alike.
     levels: dict[int, dict[str, Any]] = {}
     hf: dict[str, dict[str, Any]] = {}
-    hf_models = {"bf16": build_hf(torch.bfloat16), "fp32": build_hf(torch.float32)}
+    hf_models = run_in_passing_thread(
+        lambda: {"bf16": build_hf(torch.bfloat16), "fp32": build_hf(torch.float32)}, name="hf"
+    )
     for model in hf_models.values():
-        run_hf(model, tokenizer, 1, 4)  # warm-up
+        run_in_passing_thread(partial(run_hf, model, tokenizer, 1, 4), name="hf")  # warm-up
     for repeat in range(args.repeats):
+        engine = start_engine(policy, tokenizer, max_queued=2 * MAX_BATCH)
+        run_engine_level(engine, tokenizer, 4, 1, 8)  # warm-up (packing, allocator)
         for clients in CONCURRENCY:
             figures = run_engine_level(
                 engine, tokenizer, clients, args.requests_per_client, args.new_tokens
@@ -377,8 +389,11 @@ def main() -> None:
                 f"ITL p50 {figures['itl_p50_ms']:6.2f} ms p99 {figures['itl_p99_ms']:7.2f} ms  "
                 f"TTFT p50 {figures['ttft_p50_ms']:7.1f} ms  errors {len(figures['errors'])}"
             )
+        engine.close()
         for name, model in hf_models.items():
-            figures = run_hf(model, tokenizer, args.hf_requests, args.new_tokens)
+            figures = run_in_passing_thread(
+                partial(run_hf, model, tokenizer, args.hf_requests, args.new_tokens), name="hf"
+            )
             if name not in hf or figures["tokens_per_s"] > hf[name]["tokens_per_s"]:
                 hf[name] = figures
             print(
@@ -388,6 +403,7 @@ def main() -> None:
     del hf_models
     best_hf = max(hf.values(), key=lambda figures: figures["tokens_per_s"])
 
+    engine = start_engine(policy, tokenizer, max_queued=2 * MAX_BATCH)
     refusals = run_refusals(engine, tokenizer, args.refusal_attempts)
     print(
         f"refusals: engine p50 {refusals['engine_p50_ms']} ms max {refusals['engine_max_ms']} ms;"

@@ -16,10 +16,11 @@ Limits, all enforced here:
 - **Wall time.** A request still queued or running ``request_timeout_s`` after it was submitted
   (or its own shorter timeout) ends with finish_reason "timeout" and the text it has so far.
 
-Hot swap. :meth:`Engine.swap` loads and verifies the new version in the caller's thread, beside
-the serving one, then makes it current under the lock: requests admitted from then on run on
-it, requests already running finish on theirs (two versions may decode side by side for a
-while), and every result names its version. A refused version changes nothing.
+Hot swap. :meth:`Engine.swap` loads and verifies the new version while the caller waits (in a
+thread of its own that then ends: see ``passing_thread.py``), beside the serving one, then makes
+it current under the lock: requests admitted from then on run on it, requests already running
+finish on theirs (two versions may decode side by side for a while), and every result names its
+version. A refused version changes nothing.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ from model_runtime.engine.errors import (
     QueueFullError,
     SwapInProgressError,
 )
+from model_runtime.engine.passing_thread import run_in_passing_thread
 from model_runtime.engine.request import (
     CompletionResult,
     EngineRequest,
@@ -150,8 +152,13 @@ class Engine:
         """Load, verify (hashes, smoke generation) and serve a checkpoint directory.
         Raises SwapError if it fails verification."""
         config = config or EngineConfig()
-        loaded = load_version(directory, device=config.device, dtype=config.torch_dtype)
-        verify_version(loaded, serving_tokenizer=None, smoke_tokens=config.smoke_tokens)
+
+        def load_and_verify() -> LoadedVersion:
+            loaded = load_version(directory, device=config.device, dtype=config.torch_dtype)
+            verify_version(loaded, serving_tokenizer=None, smoke_tokens=config.smoke_tokens)
+            return loaded
+
+        loaded = run_in_passing_thread(load_and_verify, name="engine-load")
         return cls(loaded.model, loaded.tokenizer, version=loaded.info, config=config)
 
     # --- what is served -----------------------------------------------------------------------
@@ -310,13 +317,18 @@ class Engine:
         try:
             with self._cond:
                 serving = self._current
-            loaded = load_version(
-                directory, device=serving.device, dtype=serving.model.embed.weight.dtype
-            )
-            verify_version(
-                loaded, serving_tokenizer=serving.tokenizer, smoke_tokens=self.config.smoke_tokens
-            )
-            del serving
+            device, dtype = serving.device, serving.model.embed.weight.dtype
+            serving_tokenizer, smoke_tokens = serving.tokenizer, self.config.smoke_tokens
+            del serving  # no reference to the old model while the new one loads
+
+            def load_and_verify() -> LoadedVersion:
+                loaded = load_version(directory, device=device, dtype=dtype)
+                verify_version(
+                    loaded, serving_tokenizer=serving_tokenizer, smoke_tokens=smoke_tokens
+                )
+                return loaded
+
+            loaded = run_in_passing_thread(load_and_verify, name="engine-swap-load")
             with self._cond:
                 if self._closing:
                     raise EngineClosedError("the engine is shut down")

@@ -254,3 +254,29 @@ def test_memory_returns_to_baseline_after_ten_swaps(
         assert (live(torch.nn.Parameter), live(torch.Tensor)) == baseline
     finally:
         engine.close()
+
+
+def test_loading_runs_in_a_thread_that_ends_with_it(
+    checkpoints: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Loads leave no OpenMP worker pool behind in the caller's thread (passing_thread.py)."""
+    from model_runtime.engine import engine as engine_module
+
+    loaders: list[threading.Thread] = []
+    load_version = engine_module.load_version
+
+    def recorded(*args: object, **kwargs: object) -> object:
+        loaders.append(threading.current_thread())
+        return load_version(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(engine_module, "load_version", recorded)
+    engine = Engine.from_checkpoint(checkpoints["v1"])
+    try:
+        engine.swap(checkpoints["v2"])
+        with pytest.raises(SwapError):  # a failure still reaches the caller
+            engine.swap(checkpoints["v1"] / "missing")
+    finally:
+        engine.close()
+    assert len(loaders) == 3
+    assert all(t is not threading.current_thread() and not t.is_alive() for t in loaders)
+    assert len({id(t) for t in loaders}) == 3  # a new thread for each load

@@ -72,9 +72,10 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "csp.middleware.CSPMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
-    # Last, as django-axes asks: it turns a lockout into its response.
+    # Last but for the next one, as django-axes asks: it turns a lockout into its response.
     "axes.middleware.AxesMiddleware",
-    # Last: runs the chain above in one thread instead of a thread trip per middleware.
+    # Last: runs the chain above in one thread instead of a thread trip per middleware (it
+    # only passes requests on).
     "webapp.middleware.OneThreadMiddlewareChain",
 ]
 
@@ -296,9 +297,6 @@ ENGINE_MAX_QUEUE = env.int("ENGINE_MAX_QUEUE", default=64)
 STREAM_FLUSH_S = env.float("STREAM_FLUSH_S", default=0.5)
 STREAM_STOP_CHECK_S = env.float("STREAM_STOP_CHECK_S", default=0.25)
 STREAM_RECONNECT_GRACE_S = env.float("STREAM_RECONNECT_GRACE_S", default=15.0)
-# Start writing an answer when it is sent, not when its page opens the stream (one web process
-# runs it; a stream served by another process follows it through the database).
-CHAT_START_ON_SEND = env.bool("CHAT_START_ON_SEND", default=True)
 # Start writing an answer when it is sent, not when its page opens the stream (one web process
 # runs it; a stream served by another process follows it through the database).
 CHAT_START_ON_SEND = env.bool("CHAT_START_ON_SEND", default=True)

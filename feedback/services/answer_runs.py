@@ -12,18 +12,19 @@ the user presses stop, when the answer is complete, or when no page has watched 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal, TypeVar
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.core.cache import cache
-from django.db import transaction
+from django.db import close_old_connections, transaction
 
 from feedback.inference.base import (
     ChatGenerationRequest,
@@ -45,6 +46,7 @@ from feedback.services.chat_tree import path_to
 from feedback.services.history import HistoryTurn, fit_history
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 EventKind = Literal["reset", "token", "done"]
 BUSY_MESSAGE = "The model is busy right now; try again in a moment."
@@ -58,6 +60,12 @@ class StreamEvent:
 
 def stop_key(answer_id: int) -> str:
     return f"palmloop:stop-answer:{answer_id}"
+
+
+def watched_key(answer_id: int) -> str:
+    """Refreshed by a stream in another process that follows this answer: the run that writes
+    it counts that page as watching (see ``_should_stop``)."""
+    return f"palmloop:answer-watched:{answer_id}"
 
 
 def request_stop(answer_id: int) -> None:
@@ -79,6 +87,8 @@ class AnswerRun:
     task: asyncio.Task[None] | None = None
     last_watched: float = field(default_factory=time.monotonic)
     stop_requested: bool = False
+    # Another process claimed the answer first: this run's pages follow it in the database.
+    claimed_elsewhere: bool = False
 
     def publish(self, event: StreamEvent) -> None:
         for queue in self.watchers:
@@ -121,7 +131,13 @@ def start_answer_soon(answer_id: int, client: ClientFactory) -> None:
     loop = _serving_loop
     if loop is None or loop.is_closed() or not settings.CHAT_START_ON_SEND:
         return
-    transaction.on_commit(lambda: loop.call_soon_threadsafe(_start_if_idle, answer_id, client))
+
+    def schedule() -> None:
+        # A loop closed since (shutting down): the answer waits for a stream, or the sweep.
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(_start_if_idle, answer_id, client)
+
+    transaction.on_commit(schedule)
 
 
 def _start_if_idle(answer_id: int, client: ClientFactory) -> None:
@@ -167,20 +183,27 @@ async def watch_answer(answer_id: int, client: ClientFactory) -> AsyncIterator[S
     run = _runs.get(answer_id)
     if run is None:
         answer = await Message.objects.aget(pk=answer_id)
-        if answer.status == MessageStatus.PENDING:
+        run = _runs.get(answer_id)  # another page of this process may have started it meanwhile
+        if run is None and answer.status == MessageStatus.PENDING:
             run = _start(answer_id, client)
-        elif answer.status == MessageStatus.STREAMING:
+        elif run is None and answer.status == MessageStatus.STREAMING:
             async with aclosing(_follow_from_database(answer_id)) as followed:
                 async for event in followed:
                     yield event
             return
-        else:
+        elif run is None:
             yield StreamEvent("reset", answer.content)
             yield StreamEvent("done")
             return
     async with aclosing(run.watch()) as events:
         async for event in events:
+            if event.kind == "done" and run.claimed_elsewhere:
+                break
             yield event
+    if run.claimed_elsewhere:  # written by another process: follow it there
+        async with aclosing(_follow_from_database(answer_id)) as followed:
+            async for event in followed:
+                yield event
 
 
 def _start(answer_id: int, client: ClientFactory) -> AnswerRun:
@@ -195,10 +218,13 @@ def _start(answer_id: int, client: ClientFactory) -> AnswerRun:
 
 
 async def _follow_from_database(answer_id: int) -> AsyncIterator[StreamEvent]:
-    """A run in another process: stream its saved progress until it closes."""
+    """A run in another process: stream its saved progress until it closes, telling that run
+    (through the cache) that a page still watches."""
     sent = ""
     yield StreamEvent("reset", sent)
+    watched_for = settings.STREAM_RECONNECT_GRACE_S + 2 * settings.STREAM_FLUSH_S + 1
     while True:
+        await cache.aset(watched_key(answer_id), 1, timeout=watched_for)
         answer = await Message.objects.aget(pk=answer_id)
         if answer.content.startswith(sent) and len(answer.content) > len(sent):
             yield StreamEvent("token", answer.content[len(sent) :])
@@ -215,17 +241,36 @@ async def _follow_from_database(answer_id: int) -> AsyncIterator[StreamEvent]:
 async def _should_stop(run: AnswerRun) -> str:
     """Why the run must stop now, or "" to go on. The cache is read in a worker thread, not
     Django's one sync thread, which the database work of every other answer queues on."""
-    if run.stop_requested or await _stop_flag_in_cache(run.answer_id):
+    if run.stop_requested:
         return "stopped"
-    idle = time.monotonic() - run.last_watched
-    if not run.watchers and idle > settings.STREAM_RECONNECT_GRACE_S:
+    keys = [stop_key(run.answer_id), watched_key(run.answer_id)]
+    flags = await sync_to_async(cache.get_many, thread_sensitive=False)(keys)
+    if flags.get(keys[0]):
+        return "stopped"
+    if run.watchers or flags.get(keys[1]):  # a page here, or one in another process
+        run.last_watched = time.monotonic()
+    elif time.monotonic() - run.last_watched > settings.STREAM_RECONNECT_GRACE_S:
         return "page closed"
     return ""
 
 
-async def _stop_flag_in_cache(answer_id: int) -> bool:
-    flag = await sync_to_async(cache.get, thread_sensitive=False)(stop_key(answer_id))
-    return bool(flag)
+def _in_db_thread(work: Callable[..., T]) -> Callable[..., Awaitable[T]]:
+    """``work`` on Django's sync thread, the way a request runs: a connection found broken
+    (the database restarted) or past ``CONN_MAX_AGE`` is replaced first, and released after.
+    A run belongs to no request, so nothing else would ever do that for its connection."""
+
+    def within_connection_rules(*args: Any, **kwargs: Any) -> T:
+        close_old_connections()
+        try:
+            return work(*args, **kwargs)
+        finally:
+            close_old_connections()
+
+    return sync_to_async(within_connection_rules)
+
+
+def _set_model_version(answer_id: int, model_version: str) -> None:
+    Message.objects.filter(pk=answer_id).update(model_version=model_version[:80])
 
 
 async def _write_answer(run: AnswerRun, client_factory: ClientFactory) -> None:
@@ -233,11 +278,15 @@ async def _write_answer(run: AnswerRun, client_factory: ClientFactory) -> None:
     first_token_ms: int | None = None
     finished: GenerationFinished | None = None
     status, error, reason = MessageStatus.COMPLETE, "", ""
+    ours = True  # the answer's end is this run's to record
     try:
         client = await sync_to_async(client_factory, thread_sensitive=False)()
-        request = await sync_to_async(_claim_answer)(run.answer_id, client)
-        if request is None:
-            return  # stopped before it started
+        request = await _in_db_thread(_claim_answer)(run.answer_id, client)
+        if request is None:  # stopped before it started, or taken by another process
+            ours = False  # closed already, or written there: nothing to record here
+            answer = await _in_db_thread(Message.objects.get)(pk=run.answer_id)
+            run.claimed_elsewhere = answer.status == MessageStatus.STREAMING
+            return
         last_flush = last_check = time.monotonic()
         stream = client.stream_chat(request)
         try:
@@ -258,7 +307,7 @@ async def _write_answer(run: AnswerRun, client_factory: ClientFactory) -> None:
                         break
                 if now - last_flush >= settings.STREAM_FLUSH_S:
                     last_flush = now
-                    await sync_to_async(do_save_partial_answer)(
+                    await _in_db_thread(do_save_partial_answer)(
                         answer_id=run.answer_id, content=run.content
                     )
         finally:
@@ -276,22 +325,26 @@ async def _write_answer(run: AnswerRun, client_factory: ClientFactory) -> None:
         log.exception("answer %s failed", run.answer_id)
         status, error = MessageStatus.FAILED, "The answer failed because of a server error."
     finally:
-        await sync_to_async(do_finish_answer)(
-            answer_id=run.answer_id,
-            status=status,
-            content=run.content,
-            finish_reason=reason or (finished.finish_reason if finished else ""),
-            prompt_tokens=finished.prompt_tokens if finished else None,
-            completion_tokens=finished.completion_tokens if finished else None,
-            first_token_ms=first_token_ms,
-            latency_ms=int((time.monotonic() - started) * 1000),
-            error=error,
-        )
-        if finished is not None:
-            await Message.objects.filter(pk=run.answer_id).aupdate(
-                model_version=finished.model_version[:80]
-            )
-        run.finished = True
-        run.publish(StreamEvent("done"))
-        _runs.pop(run.answer_id, None)
-        await cache.adelete(stop_key(run.answer_id))
+        try:
+            if ours:
+                await _in_db_thread(do_finish_answer)(
+                    answer_id=run.answer_id,
+                    status=status,
+                    content=run.content,
+                    finish_reason=reason or (finished.finish_reason if finished else ""),
+                    prompt_tokens=finished.prompt_tokens if finished else None,
+                    completion_tokens=finished.completion_tokens if finished else None,
+                    first_token_ms=first_token_ms,
+                    latency_ms=int((time.monotonic() - started) * 1000),
+                    error=error,
+                )
+            if finished is not None:
+                await _in_db_thread(_set_model_version)(run.answer_id, finished.model_version)
+            await cache.adelete(stop_key(run.answer_id))
+        except Exception:  # the database or cache is down: the start-up sweep closes it later
+            log.exception("answer %s: could not record its end", run.answer_id)
+        finally:  # the pages are told in any case, and the run is forgotten
+            run.finished = True
+            run.publish(StreamEvent("done"))
+            if _runs.get(run.answer_id) is run:
+                del _runs[run.answer_id]

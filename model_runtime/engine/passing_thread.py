@@ -34,5 +34,5 @@ def run_in_passing_thread(work: Callable[[], T], *, name: str) -> T:
     thread.start()
     thread.join()
     if failure:
-        raise failure[0]
-    return outcome[0]
+        raise failure.pop()  # popped: the list must not keep the traceback (and a model) alive
+    return outcome.pop()

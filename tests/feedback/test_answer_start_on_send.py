@@ -10,13 +10,30 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from asgiref.sync import sync_to_async
+from django.db import connection
 from django.urls import reverse
 from django.utils.html import escape
 from factories import ConversationFactory
 from sse_streams import logged_in_client, parse_events, read_stream
 
+from feedback.inference.base import InferenceClient
+from feedback.inference.factory import get_inference_client
 from feedback.models import Conversation, Message, MessageStatus
-from feedback.services.answer_runs import serve_streams_from
+from feedback.services import answer_runs
+from feedback.services.answer_runs import (
+    StreamEvent,
+    serve_streams_from,
+    start_answer_soon,
+    watch_answer,
+)
+from feedback.services.answer_runs import _follow_from_database as follow_from_database
+from feedback.services.chat import (
+    do_finish_answer,
+    do_save_partial_answer,
+    do_send_message,
+    do_start_answer,
+)
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -88,3 +105,114 @@ def test_without_a_serving_loop_the_answer_waits_for_its_page(
     time.sleep(0.3)
     answer = Message.objects.get(conversation=conversation, role="assistant")
     assert answer.status == MessageStatus.PENDING
+
+
+def test_regenerate_starts_its_answer_at_once(policy: Path, conversation: Conversation) -> None:
+    async def scenario() -> Message:
+        first = await send_and_wait(conversation, wait_s=60)
+        client = await logged_in_client(conversation.owner)
+        response = await client.post(
+            reverse("chat_regenerate", args=[conversation.pk, first.pk]),
+            headers={"HX-Request": "true"},
+        )
+        assert response.status_code == 200
+        sibling = await Message.objects.exclude(pk=first.pk).aget(
+            conversation=conversation, role="assistant"
+        )
+        deadline = time.monotonic() + 60
+        while sibling.is_open and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+            await sibling.arefresh_from_db()
+        return sibling
+
+    sibling = asyncio.run(scenario())
+    assert sibling.status == MessageStatus.COMPLETE and sibling.content
+
+
+def test_runs_survive_a_database_restart(policy: Path, conversation: Conversation) -> None:
+    """Runs reach the database outside any request; a connection the server dropped is
+    replaced before the next answer uses it, as a request's would be."""
+    if connection.vendor != "postgresql":
+        pytest.skip("needs PostgreSQL to drop the connections")
+    first = asyncio.run(send_and_wait(conversation, wait_s=60))
+    assert first.status == MessageStatus.COMPLETE
+    with connection.cursor() as cursor:  # what a restart does to every other session
+        cursor.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+    second_id = do_send_message(conversation=ConversationFactory(), text="Hi").answer.pk
+
+    async def write_the_second() -> None:
+        # straight to the run: the test client's own requests would use the dropped connection
+        answer_runs._start_if_idle(second_id, get_inference_client)
+        await asyncio.wait_for(answer_runs._runs[second_id].task, 60)  # type: ignore[arg-type]
+
+    asyncio.run(write_the_second())
+    second = Message.objects.get(pk=second_id)
+    assert second.status == MessageStatus.COMPLETE, second.error
+
+
+def test_an_answer_another_process_claims_first_is_followed_there(
+    policy: Path, conversation: Conversation, settings: Any
+) -> None:
+    """Two web processes: this one's stream starts a run, but the other process claims the
+    answer first; the page then follows that process's writing in the database."""
+    settings.STREAM_FLUSH_S = 0.05
+    answer_id = do_send_message(conversation=conversation, text="Hello").answer.pk
+
+    def the_other_process_claims_it_first() -> InferenceClient:
+        do_start_answer(answer_id=answer_id, model_version="", dropped_turns=0)
+        do_save_partial_answer(answer_id=answer_id, content="Written")
+        connection.close()
+        return get_inference_client()
+
+    async def scenario() -> list[StreamEvent]:
+        async def the_other_process_finishes() -> None:
+            await asyncio.sleep(0.3)
+            await sync_to_async(do_finish_answer)(
+                answer_id=answer_id, status=MessageStatus.COMPLETE, content="Written elsewhere."
+            )
+
+        finishing = asyncio.create_task(the_other_process_finishes())
+        events = [e async for e in watch_answer(answer_id, the_other_process_claims_it_first)]
+        await finishing
+        return events
+
+    events = asyncio.run(scenario())
+    shown = ""
+    for event in events:
+        shown = event.text if event.kind == "reset" else shown + event.text
+    assert events[-1].kind == "done" and shown == "Written elsewhere."
+    answer = Message.objects.get(pk=answer_id)
+    assert answer.status == MessageStatus.COMPLETE and answer.content == "Written elsewhere."
+
+
+def test_a_page_watching_from_another_process_keeps_the_answer_going(
+    policy: Path, conversation: Conversation, settings: Any
+) -> None:
+    """No page watches here, but one does through another process (which follows the
+    database): the run must not stop for "page closed" (here after 0 s without a watcher)."""
+    settings.STREAM_RECONNECT_GRACE_S = 0.0
+    settings.STREAM_STOP_CHECK_S = 0.0
+    settings.STREAM_FLUSH_S = 0.05
+    answer_id = do_send_message(conversation=conversation, text="Hello").answer.pk
+
+    async def scenario() -> list[StreamEvent]:
+        followed: list[StreamEvent] = []
+
+        async def the_other_process_streams_it() -> None:
+            async for event in follow_from_database(answer_id):
+                followed.append(event)
+
+        following = asyncio.create_task(the_other_process_streams_it())
+        await asyncio.sleep(0.2)  # its first "watched" mark is in the cache
+        serve_streams_from(asyncio.get_running_loop())
+        await sync_to_async(start_answer_soon)(answer_id, get_inference_client)
+        await asyncio.wait_for(following, 60)
+        return followed
+
+    followed = asyncio.run(scenario())
+    answer = Message.objects.get(pk=answer_id)
+    assert answer.status == MessageStatus.COMPLETE, (answer.finish_reason, answer.error)
+    assert followed[-1].kind == "done" and answer.completion_tokens

@@ -28,7 +28,9 @@ def sse(event: str, data: str) -> bytes:
     return (f"event: {event}\n" + "".join(f"data: {line}\n" for line in lines) + "\n").encode()
 
 
-def _render_done(message_id: int) -> str:
+def _render_done(message_id: int, request: HttpRequest) -> str:
+    """The finished message, rendered with the page's request: its forms (regenerate, edit)
+    carry the page's CSRF token like the rest of the page."""
     message = Message.objects.select_related("conversation").get(pk=message_id)
     return render_to_string(
         "feedback/chat.html#message",
@@ -36,10 +38,11 @@ def _render_done(message_id: int) -> str:
             "entry": {"message": message, "siblings": sibling_position(message)},
             "conversation": message.conversation,
         },
+        request,
     )
 
 
-async def _events(message_id: int) -> AsyncIterator[bytes]:
+async def _events(message_id: int, request: HttpRequest) -> AsyncIterator[bytes]:
     # A comment line first, so proxies and the browser see the stream open at once.
     yield b": stream open\n\n"
     event: StreamEvent
@@ -47,7 +50,7 @@ async def _events(message_id: int) -> AsyncIterator[bytes]:
     async with aclosing(watch_answer(message_id, get_inference_client)) as events:
         async for event in events:
             if event.kind == "done":
-                yield sse("done", await sync_to_async(_render_done)(message_id))
+                yield sse("done", await sync_to_async(_render_done)(message_id, request))
                 return
             yield sse(event.kind, escape(event.text))
 
@@ -69,7 +72,7 @@ def _may_watch(request: HttpRequest, conversation_id: int, message_id: int) -> b
 async def stream(request: HttpRequest, conversation_id: int, message_id: int) -> HttpResponse:
     if not await sync_to_async(_may_watch)(request, conversation_id, message_id):
         raise Http404("No such answer.")
-    response = StreamingHttpResponse(_events(message_id), content_type="text/event-stream")
+    response = StreamingHttpResponse(_events(message_id, request), content_type="text/event-stream")
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"
     return response

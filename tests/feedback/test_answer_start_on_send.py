@@ -29,6 +29,7 @@ from feedback.services.answer_runs import (
 )
 from feedback.services.answer_runs import _follow_from_database as follow_from_database
 from feedback.services.chat import (
+    do_cancel_answer,
     do_finish_answer,
     do_save_partial_answer,
     do_send_message,
@@ -216,3 +217,22 @@ def test_a_page_watching_from_another_process_keeps_the_answer_going(
     answer = Message.objects.get(pk=answer_id)
     assert answer.status == MessageStatus.COMPLETE, (answer.finish_reason, answer.error)
     assert followed[-1].kind == "done" and answer.completion_tokens
+
+
+def test_a_stop_before_the_run_claims_its_answer_wins(
+    policy: Path, conversation: Conversation
+) -> None:
+    answer_id = do_send_message(conversation=conversation, text="Hello").answer.pk
+    do_cancel_answer(answer=Message.objects.get(pk=answer_id))  # Stop, as the run is queued
+
+    async def scenario() -> list[StreamEvent]:
+        serve_streams_from(asyncio.get_running_loop())
+        await sync_to_async(start_answer_soon)(answer_id, get_inference_client)
+        await asyncio.sleep(0)  # the run starts on this loop
+        return [e async for e in watch_answer(answer_id, get_inference_client)]
+
+    events = asyncio.run(scenario())
+    assert events[-1].kind == "done"
+    answer = Message.objects.get(pk=answer_id)
+    assert answer.status == MessageStatus.CANCELLED and answer.finish_reason == "stopped"
+    assert answer.content == "" and answer.completion_tokens is None

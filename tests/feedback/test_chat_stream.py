@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,8 @@ def test_pieces_arrive_one_by_one_and_the_answer_is_saved(policy: Path) -> None:
     done_html = events[-1][1]
     assert f'id="msg-{answer.pk}"' in done_html and "Regenerate" in done_html
     assert "sse-connect" not in done_html  # the finished message stops streaming
+    tokens = re.findall(r'name="csrfmiddlewaretoken" value="([^"]*)"', done_html)
+    assert tokens and all(tokens)  # its forms carry the page's CSRF token
 
 
 async def read_then_stop(

@@ -58,6 +58,12 @@ class StreamEvent:
     text: str = ""
 
 
+def storable(piece: str) -> str:
+    """Model text as the database can hold it: a NUL (a byte-level token can spell one) becomes
+    U+FFFD, as any other byte that is not text does; PostgreSQL refuses NUL in text."""
+    return piece.replace("\x00", "\N{REPLACEMENT CHARACTER}")
+
+
 def stop_key(answer_id: int) -> str:
     return f"palmloop:stop-answer:{answer_id}"
 
@@ -294,6 +300,7 @@ async def _write_answer(run: AnswerRun, client_factory: ClientFactory) -> None:
                 if isinstance(item, GenerationFinished):
                     finished = item
                     continue
+                item = storable(item)
                 if first_token_ms is None:
                     first_token_ms = int((time.monotonic() - started) * 1000)
                 run.content += item

@@ -69,14 +69,20 @@ def _thread(
     conversation: Conversation,
     error: str = "",
     limits: ChatLimits | None = None,
+    *,
+    retitled: bool = False,
 ) -> HttpResponse:
-    """The message thread alone for htmx, or the whole page otherwise."""
+    """The message thread alone for htmx, or the whole page otherwise. ``retitled``: the
+    title goes along out of band (a first message names the conversation). Only then: htmx
+    looks for an out-of-band target from the element that sent the request, and a button on
+    an answer that finished meanwhile has been replaced, so the title would not be found."""
     if request.htmx:
         context = _thread_context(conversation, error, limits)
-        thread = render_to_string("feedback/chat.html#thread", context, request)
-        # The title may have changed (a first message names the conversation): out of band.
-        title = render_to_string("feedback/chat.html#title", {**context, "oob": True}, request)
-        return HttpResponse(thread + title, status=400 if error else 200)
+        response = render_to_string("feedback/chat.html#thread", context, request)
+        if retitled:
+            oob = {**context, "oob": True}
+            response += render_to_string("feedback/chat.html#title", oob, request)
+        return HttpResponse(response, status=400 if error else 200)
     if error:
         flash.error(request, error)
     return redirect("chat", conversation_id=conversation.pk)
@@ -147,7 +153,7 @@ def send(request: HttpRequest, conversation_id: int) -> HttpResponse:
     except ChatInputError as exc:
         return _thread(request, conversation, str(exc), limits)
     start_answer_soon(turn.answer.pk, get_inference_client)
-    return _thread(request, turn.answer.conversation, limits=limits)
+    return _thread(request, turn.answer.conversation, limits=limits, retitled=True)
 
 
 @role_required(Role.USER)

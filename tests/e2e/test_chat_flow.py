@@ -3,6 +3,8 @@ siblings, rename and delete."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from factories import PASSWORD, UserFactory
 from playwright.sync_api import Page, expect
@@ -46,8 +48,9 @@ def test_chat_end_to_end(page: Page) -> None:
     # Regenerate: a second version appears and the page shows 2/2, then switch back to 1/2.
     answer.get_by_role("button", name="Regenerate").click()
     answer = page.locator("article.msg.assistant").last
-    expect(answer.get_by_role("button", name="Regenerate")).to_be_visible(timeout=30_000)
-    expect(answer.locator(".siblings .count")).to_have_text("2/2")
+    expect(answer.locator(".siblings .count")).to_have_text("2/2")  # the new version is on
+    expect(answer).to_have_class(re.compile(r"\bstatus-complete\b"), timeout=30_000)
+    expect(answer.get_by_role("button", name="Regenerate")).to_be_visible()
     answer.get_by_role("button", name="Previous version").click()
     expect(page.locator("article.msg.assistant .siblings .count")).to_have_text("1/2")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +15,10 @@ from factories import ConversationFactory
 from sse_streams import logged_in_client, open_stream, parse_events
 from tiny_policy import build_tiny_policy
 
+from feedback.inference.base import GenerationFinished
 from feedback.inference.factory import get_inference_client
 from feedback.models import Conversation, Message, MessageStatus
-from feedback.services.answer_runs import BUSY_MESSAGE
+from feedback.services.answer_runs import BUSY_MESSAGE, StreamEvent, watch_answer
 from feedback.services.chat import do_send_message, do_update_sampling
 from model_runtime.sampling import SamplingParams
 
@@ -170,3 +172,32 @@ def test_a_missing_policy_fails_the_answer_clearly(settings: Any, tmp_path: Path
     assert answer.status == MessageStatus.FAILED
     assert "unavailable" in answer.error and "nothing-here" in answer.error
     assert events[-1][0] == "done"
+
+
+class _NulWritingClient:
+    """An engine whose answer spells a NUL byte (a byte-level token can)."""
+
+    def context_length(self) -> int:
+        return 512
+
+    def count_tokens(self, messages: Any) -> int:
+        return 10
+
+    async def stream_chat(self, request: Any) -> AsyncIterator[str | GenerationFinished]:
+        for piece in ("Tab", "\x00", "le."):
+            yield piece
+        yield GenerationFinished("stop", 10, 3, "nul@1")
+
+
+def test_model_output_with_a_nul_byte_is_kept(settings: Any) -> None:
+    """PostgreSQL text cannot hold NUL: it is stored (and shown) as U+FFFD."""
+    _, answer = new_turn()
+
+    async def read() -> list[StreamEvent]:
+        return [e async for e in watch_answer(answer.pk, _NulWritingClient)]
+
+    events = asyncio.run(read())
+    answer.refresh_from_db()
+    assert answer.status == MessageStatus.COMPLETE, answer.error
+    assert answer.content == "Tab\N{REPLACEMENT CHARACTER}le."
+    assert "\x00" not in "".join(e.text for e in events)

@@ -42,6 +42,8 @@ def test_send_returns_the_thread_with_a_stream(client: Client, conversation: Con
     assert 'id="thread"' in html and "<html" not in html
     assert f'sse-connect="{reverse("chat_stream", args=[conversation.pk, answer.pk])}"' in html
     assert 'sse-swap="token"' in html and "Stop" in html
+    # the first message names the conversation: the new title goes along out of band
+    assert 'id="chat-title" class="chat-title" hx-swap-oob="true"' in html and "hello" in html
 
 
 def test_send_without_javascript_redirects(client: Client, conversation: Conversation) -> None:
@@ -85,6 +87,8 @@ def test_regenerate_and_switch_siblings(client: Client, conversation: Conversati
     response = client.post(reverse("chat_show", args=[conversation.pk, turn.answer.pk]), **HTMX)
     html = response.content.decode()
     assert "1/2" in html and "first" in html
+    # no title: it has not changed, and htmx would look for it from a button that may be gone
+    assert "hx-swap-oob" not in html
 
 
 def test_stop_cancels_a_pending_answer(client: Client, conversation: Conversation) -> None:

@@ -6,20 +6,34 @@ import asyncio
 import subprocess
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from asgiref.sync import sync_to_async
+from django.db import connections
 from factories import ConversationFactory
 from servicekit import PYTHON, ROOT, clean_env, free_port
 from sse_streams import read_stream
 
+from feedback.inference.base import ChatGenerationRequest, ChatTurn, InferenceClient
 from feedback.inference.factory import get_inference_client, reset_inference_client
+from feedback.inference.local import LocalInferenceClient
 from feedback.inference.remote import RemoteInferenceClient
 from feedback.models import MessageStatus
 from feedback.services.chat import do_send_message, do_update_sampling
+from model_runtime.tokenizer import ChatTokenizer
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
+
+
+@pytest.fixture(autouse=True)
+def close_sync_thread_connections() -> Iterator[None]:
+    """The streams reach the database from asgiref's sync thread: close its connection after
+    each test, so the test database can be dropped at the end."""
+    yield
+    asyncio.run(sync_to_async(connections.close_all)())
 
 
 @pytest.fixture
@@ -98,3 +112,27 @@ def test_a_wrong_key_fails_the_answer_clearly(
     answer.refresh_from_db()
     assert answer.status == MessageStatus.FAILED
     assert "401" in answer.error
+
+
+def test_remote_and_in_process_engines_sample_alike(engine_url: str, tiny_policy_dir: Path) -> None:
+    """Same checkpoint, seed and settings (temperature, the chat's nucleus): same answer."""
+    request = ChatGenerationRequest(
+        messages=[ChatTurn("user", "Tell me about the river.")],
+        temperature=0.9,
+        max_new_tokens=40,
+        seed=11,
+    )
+    tokenizer = ChatTokenizer.from_str((tiny_policy_dir / "tokenizer.json").read_text())
+    remote = RemoteInferenceClient(
+        base_url=engine_url, tokenizer=tokenizer, context_length=512, api_key="sekret"
+    )
+    local = LocalInferenceClient.load(tiny_policy_dir)
+
+    async def answer(client: InferenceClient) -> str:
+        return "".join([p async for p in client.stream_chat(request) if isinstance(p, str)])
+
+    try:
+        from_local = asyncio.run(answer(local))
+    finally:
+        local.close()
+    assert from_local and asyncio.run(answer(remote)) == from_local

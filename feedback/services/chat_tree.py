@@ -22,7 +22,7 @@ def path_to(leaf: Message | None) -> list[Message]:
     if leaf is None:
         return []
     by_id = {m.pk: m for m in Message.objects.filter(conversation_id=leaf.conversation_id)}
-    by_id[leaf.pk] = by_id.get(leaf.pk, leaf)
+    by_id.setdefault(leaf.pk, leaf)
     return _walk_up(by_id, leaf.pk)
 
 

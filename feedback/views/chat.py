@@ -6,6 +6,8 @@ user's conversation or message is a 404.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from django.contrib import messages as flash
 from django.core.paginator import Paginator
 from django.db.models import Q
@@ -139,53 +141,56 @@ def _rate_limited(request: HttpRequest, limits: ChatLimits) -> bool:
     )
 
 
-@role_required(Role.USER)
-@require_POST
-def send(request: HttpRequest, conversation_id: int) -> HttpResponse:
-    conversation = _conversation(request, conversation_id)
+def _answer_anew(
+    request: HttpRequest,
+    conversation: Conversation,
+    create: Callable[[ChatLimits], Message],
+    *,
+    retitled: bool = False,
+) -> HttpResponse:
+    """Send, regenerate and edit: within the rate limit, ``create`` the new pending answer,
+    start writing it, and return the thread (with the error the user can fix, if any)."""
     limits = ChatLimits.current()
     if _rate_limited(request, limits):
         return _thread(request, conversation, TOO_FAST, limits)
     try:
-        turn = do_send_message(
-            conversation=conversation, text=request.POST.get("text", ""), limits=limits
-        )
+        answer = create(limits)
     except ChatInputError as exc:
         return _thread(request, conversation, str(exc), limits)
-    start_answer_soon(turn.answer.pk, get_inference_client)
-    return _thread(request, turn.answer.conversation, limits=limits, retitled=True)
+    start_answer_soon(answer.pk, get_inference_client)
+    return _thread(request, answer.conversation, limits=limits, retitled=retitled)
+
+
+@role_required(Role.USER)
+@require_POST
+def send(request: HttpRequest, conversation_id: int) -> HttpResponse:
+    conversation = _conversation(request, conversation_id)
+    text = request.POST.get("text", "")
+    return _answer_anew(
+        request,
+        conversation,
+        lambda limits: do_send_message(conversation=conversation, text=text, limits=limits).answer,
+        retitled=True,
+    )
 
 
 @role_required(Role.USER)
 @require_POST
 def regenerate(request: HttpRequest, conversation_id: int, message_id: int) -> HttpResponse:
     answer = _message(request, conversation_id, message_id)
-    limits = ChatLimits.current()
-    if _rate_limited(request, limits):
-        return _thread(request, answer.conversation, TOO_FAST, limits)
-    try:
-        sibling = do_regenerate(answer=answer)
-    except ChatInputError as exc:
-        return _thread(request, answer.conversation, str(exc), limits)
-    start_answer_soon(sibling.pk, get_inference_client)
-    return _thread(request, sibling.conversation, limits=limits)
+    return _answer_anew(request, answer.conversation, lambda _: do_regenerate(answer=answer))
 
 
 @role_required(Role.USER)
 @require_POST
 def edit(request: HttpRequest, conversation_id: int, message_id: int) -> HttpResponse:
     message = _message(request, conversation_id, message_id)
-    limits = ChatLimits.current()
-    if _rate_limited(request, limits):
-        return _thread(request, message.conversation, TOO_FAST, limits)
-    try:
-        turn = do_edit_user_message(
-            message=message, text=request.POST.get("text", ""), limits=limits
-        )
-    except ChatInputError as exc:
-        return _thread(request, message.conversation, str(exc), limits)
-    start_answer_soon(turn.answer.pk, get_inference_client)
-    return _thread(request, turn.answer.conversation, limits=limits)
+    text = request.POST.get("text", "")
+    return _answer_anew(
+        request,
+        message.conversation,
+        lambda limits: do_edit_user_message(message=message, text=text, limits=limits).answer,
+    )
 
 
 @role_required(Role.USER)

@@ -14,6 +14,7 @@ urlpatterns = [
     path("chat/<int:conversation_id>/rename/", chat.rename, name="chat_rename"),
     path("chat/<int:conversation_id>/delete/", chat.delete, name="chat_delete"),
     path("chat/<int:conversation_id>/settings/", chat.update_settings, name="chat_settings"),
+    path("chat/<int:conversation_id>/stop/", chat.stop_open, name="chat_stop_open"),
     path(
         "chat/<int:conversation_id>/messages/<int:message_id>/stream/",
         chat_stream.stream,

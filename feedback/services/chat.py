@@ -87,11 +87,17 @@ class Turn:
     answer: Message
 
 
-def _refuse_if_answering(conversation: Conversation) -> None:
-    if Message.objects.filter(
+def open_answers_of(conversation: Conversation) -> QuerySet[Message]:
+    """The conversation's answers still being written (one at most, by the rule below)."""
+    return Message.objects.filter(
         conversation=conversation,
+        role=MessageRole.ASSISTANT,
         status__in=[MessageStatus.PENDING, MessageStatus.STREAMING],
-    ).exists():
+    )
+
+
+def _refuse_if_answering(conversation: Conversation) -> None:
+    if open_answers_of(conversation).exists():
         raise ChatInputError("An answer is still being written: wait for it or stop it.")
 
 

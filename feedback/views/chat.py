@@ -35,6 +35,7 @@ from feedback.services.chat import (
     do_show_message,
     do_start_conversation,
     do_update_sampling,
+    open_answers_of,
 )
 from feedback.services.chat_tree import thread_entries
 
@@ -202,16 +203,29 @@ def show(request: HttpRequest, conversation_id: int, message_id: int) -> HttpRes
     return _thread(request, conversation)
 
 
-@role_required(Role.USER)
-@require_POST
-def stop(request: HttpRequest, conversation_id: int, message_id: int) -> HttpResponse:
-    answer = _message(request, conversation_id, message_id)
-    if answer.role == MessageRole.ASSISTANT and answer.is_open:
+def _stopped(request: HttpRequest, conversation_id: int, answers: list[Message]) -> HttpResponse:
+    for answer in answers:
         request_stop(answer.pk)
         do_cancel_answer(answer=answer)
     if request.htmx:
         return HttpResponse(status=204)
     return redirect("chat", conversation_id=conversation_id)
+
+
+@role_required(Role.USER)
+@require_POST
+def stop(request: HttpRequest, conversation_id: int, message_id: int) -> HttpResponse:
+    answer = _message(request, conversation_id, message_id)
+    open_answer = answer.role == MessageRole.ASSISTANT and answer.is_open
+    return _stopped(request, conversation_id, [answer] if open_answer else [])
+
+
+@role_required(Role.USER)
+@require_POST
+def stop_open(request: HttpRequest, conversation_id: int) -> HttpResponse:
+    """The composer's Stop: whatever answer the conversation is writing (none: nothing to do)."""
+    conversation = _conversation(request, conversation_id)
+    return _stopped(request, conversation_id, list(open_answers_of(conversation)))
 
 
 @role_required(Role.USER)

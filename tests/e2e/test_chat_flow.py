@@ -58,10 +58,20 @@ def test_chat_end_to_end(page: Page) -> None:
     page.locator("summary", has_text="Answer settings").click()
     page.get_by_label("Max tokens").fill("2000")
     page.locator("#chat-settings").get_by_role("button", name="Save").click()
+    # On a phone: while the answer is written, Stop takes Send's place in the composer.
+    page.set_viewport_size({"width": 390, "height": 844})
     box.fill("Now a long one, please.")
-    page.get_by_role("button", name="Send").click()
-    page.get_by_role("button", name="Stop").click()
+    send, stop = page.get_by_role("button", name="Send"), page.get_by_role("button", name="Stop")
+    send.click()
+    expect(stop).to_be_visible()
+    expect(send).to_be_hidden()
+    composer, button = page.locator("#composer").bounding_box(), stop.bounding_box()
+    assert composer and button and button["y"] >= composer["y"]
+    assert button["y"] + button["height"] <= min(composer["y"] + composer["height"], 844)
+    stop.click()
     expect(page.locator("article.msg.assistant").last.locator(".state")).to_have_text("Stopped.")
+    expect(send).to_be_visible()
+    expect(stop).to_be_hidden()
     stopped = Message.objects.filter(role="assistant").order_by("-id").first()
     assert stopped is not None and stopped.status == MessageStatus.CANCELLED
 

@@ -41,7 +41,8 @@ def test_send_returns_the_thread_with_a_stream(client: Client, conversation: Con
     answer = Message.objects.get(role="assistant")
     assert 'id="thread"' in html and "<html" not in html
     assert f'sse-connect="{reverse("chat_stream", args=[conversation.pk, answer.pk])}"' in html
-    assert 'sse-swap="token"' in html and "Stop" in html
+    # the answer's status class: while it is open, the composer's Stop replaces Send (app.css)
+    assert 'sse-swap="token"' in html and "status-pending" in html
     # the first message names the conversation: the new title goes along out of band
     assert 'id="chat-title" class="chat-title" hx-swap-oob="true"' in html and "hello" in html
 
@@ -97,6 +98,29 @@ def test_stop_cancels_a_pending_answer(client: Client, conversation: Conversatio
     assert response.status_code == 204
     turn.answer.refresh_from_db()
     assert turn.answer.status == MessageStatus.CANCELLED
+
+
+def test_the_composers_stop_cancels_the_answer_being_written(
+    client: Client, conversation: Conversation
+) -> None:
+    html = client.get(reverse("chat", args=[conversation.pk])).content.decode()
+    stop_url = reverse("chat_stop_open", args=[conversation.pk])
+    assert f'formaction="{stop_url}"' in html and f'hx-post="{stop_url}"' in html
+    assert client.post(stop_url, **HTMX).status_code == 204  # nothing open: nothing to do
+    other_conversation = ConversationFactory(owner=conversation.owner)
+    elsewhere = do_send_message(conversation=other_conversation, text="a")
+    turn = do_send_message(conversation=conversation, text="hi")
+    response = client.post(stop_url, **HTMX)
+    assert response.status_code == 204
+    turn.answer.refresh_from_db()
+    elsewhere.answer.refresh_from_db()
+    assert turn.answer.status == MessageStatus.CANCELLED
+    assert elsewhere.answer.status == MessageStatus.PENDING  # another conversation's answer
+    # Without JavaScript the button posts the composer form there: back to the page.
+    response = client.post(stop_url, {"text": ""})
+    assert response.status_code == 302 and response["Location"] == reverse(
+        "chat", args=[conversation.pk]
+    )
 
 
 def test_rename_delete_and_search(client: Client, conversation: Conversation) -> None:

@@ -5,8 +5,9 @@ long-lived event loop (uvicorn: see ``webapp.asgi``), so the first tokens are al
 the page's stream connects; otherwise the first stream that connects starts it. It keeps going while
 the page reconnects (the new stream first receives everything written so far), and stops when
 the user presses stop, when the answer is complete, or when no page has watched it for
-``STREAM_RECONNECT_GRACE_S`` seconds. Progress is saved to the database every
-``STREAM_FLUSH_S`` seconds, so a stream served by another web process can follow it too.
+``STREAM_RECONNECT_GRACE_S`` seconds. A stream served by another web process follows it piece by
+piece through Redis (``answer_relay``), or, without Redis, through the progress saved to the
+database every ``STREAM_FLUSH_S`` seconds.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.core.cache import cache
 from django.db import close_old_connections, transaction
+from redis.exceptions import RedisError
 
 from feedback.inference.base import (
     ChatGenerationRequest,
@@ -36,6 +38,7 @@ from feedback.inference.base import (
     PromptTooLong,
 )
 from feedback.models import Message, MessageStatus
+from feedback.services.answer_relay import RelayWriter, follow_relayed, relay_enabled
 from feedback.services.chat import (
     ChatInputError,
     do_finish_answer,
@@ -95,6 +98,8 @@ class AnswerRun:
     stop_requested: bool = False
     # Another process claimed the answer first: this run's pages follow it in the database.
     claimed_elsewhere: bool = False
+    # A page that another process serves follows this run (see ``answer_relay``).
+    watched_elsewhere: bool = False
 
     def publish(self, event: StreamEvent) -> None:
         for queue in self.watchers:
@@ -193,7 +198,7 @@ async def watch_answer(answer_id: int, client: ClientFactory) -> AsyncIterator[S
         if run is None and answer.status == MessageStatus.PENDING:
             run = _start(answer_id, client)
         elif run is None and answer.status == MessageStatus.STREAMING:
-            async with aclosing(_follow_from_database(answer_id)) as followed:
+            async with aclosing(_follow_elsewhere(answer_id)) as followed:
                 async for event in followed:
                     yield event
             return
@@ -207,7 +212,7 @@ async def watch_answer(answer_id: int, client: ClientFactory) -> AsyncIterator[S
                 break
             yield event
     if run.claimed_elsewhere:  # written by another process: follow it there
-        async with aclosing(_follow_from_database(answer_id)) as followed:
+        async with aclosing(_follow_elsewhere(answer_id)) as followed:
             async for event in followed:
                 yield event
 
@@ -223,14 +228,42 @@ def _start(answer_id: int, client: ClientFactory) -> AnswerRun:
     return run
 
 
+async def _follow_elsewhere(answer_id: int) -> AsyncIterator[StreamEvent]:
+    """A run in another process: its pieces as they are relayed through Redis, or its saved
+    progress in the database when there is no Redis or it fails."""
+    if relay_enabled():
+
+        async def saved() -> tuple[str, bool]:
+            answer = await Message.objects.aget(pk=answer_id)
+            return answer.content, answer.is_open
+
+        try:
+            relayed = follow_relayed(answer_id, saved, lambda: _mark_watched(answer_id))
+            async with aclosing(relayed) as events:
+                async for kind, text in events:
+                    yield StreamEvent("reset" if kind == "reset" else "token", text)
+            yield StreamEvent("done")
+            return
+        except (RedisError, OSError) as exc:
+            log.warning("answer %s: following through Redis failed (%s)", answer_id, exc)
+    async with aclosing(_follow_from_database(answer_id)) as followed:
+        async for event in followed:
+            yield event
+
+
+async def _mark_watched(answer_id: int) -> None:
+    """Tell the run writing this answer in another process that a page here still watches."""
+    watched_for = settings.STREAM_RECONNECT_GRACE_S + 2 * settings.STREAM_FLUSH_S + 1
+    await cache.aset(watched_key(answer_id), 1, timeout=watched_for)
+
+
 async def _follow_from_database(answer_id: int) -> AsyncIterator[StreamEvent]:
     """A run in another process: stream its saved progress until it closes, telling that run
     (through the cache) that a page still watches."""
     sent = ""
     yield StreamEvent("reset", sent)
-    watched_for = settings.STREAM_RECONNECT_GRACE_S + 2 * settings.STREAM_FLUSH_S + 1
     while True:
-        await cache.aset(watched_key(answer_id), 1, timeout=watched_for)
+        await _mark_watched(answer_id)
         answer = await Message.objects.aget(pk=answer_id)
         if answer.content.startswith(sent) and len(answer.content) > len(sent):
             yield StreamEvent("token", answer.content[len(sent) :])
@@ -253,7 +286,8 @@ async def _should_stop(run: AnswerRun) -> str:
     flags = await sync_to_async(cache.get_many, thread_sensitive=False)(keys)
     if flags.get(keys[0]):
         return "stopped"
-    if run.watchers or flags.get(keys[1]):  # a page here, or one in another process
+    run.watched_elsewhere = bool(flags.get(keys[1]))
+    if run.watchers or run.watched_elsewhere:  # a page here, or one in another process
         run.last_watched = time.monotonic()
     elif time.monotonic() - run.last_watched > settings.STREAM_RECONNECT_GRACE_S:
         return "page closed"
@@ -285,6 +319,7 @@ async def _write_answer(run: AnswerRun, client_factory: ClientFactory) -> None:
     finished: GenerationFinished | None = None
     status, error, reason = MessageStatus.COMPLETE, "", ""
     ours = True  # the answer's end is this run's to record
+    relay: RelayWriter | None = None  # to streams in other web processes
     try:
         client = await sync_to_async(client_factory, thread_sensitive=False)()
         request = await _in_db_thread(_claim_answer)(run.answer_id, client)
@@ -294,6 +329,7 @@ async def _write_answer(run: AnswerRun, client_factory: ClientFactory) -> None:
             run.claimed_elsewhere = answer.status == MessageStatus.STREAMING
             return
         last_flush = last_check = time.monotonic()
+        relay = RelayWriter(run.answer_id) if relay_enabled() else None
         stream = client.stream_chat(request)
         try:
             async for item in stream:
@@ -305,6 +341,8 @@ async def _write_answer(run: AnswerRun, client_factory: ClientFactory) -> None:
                     first_token_ms = int((time.monotonic() - started) * 1000)
                 run.content += item
                 run.publish(StreamEvent("token", item))
+                if relay is not None:
+                    relay.add(item)
                 now = time.monotonic()
                 if run.stop_requested or now - last_check >= settings.STREAM_STOP_CHECK_S:
                     last_check = now
@@ -312,6 +350,8 @@ async def _write_answer(run: AnswerRun, client_factory: ClientFactory) -> None:
                     if reason:
                         status = MessageStatus.CANCELLED
                         break
+                    if relay is not None and run.watched_elsewhere:
+                        relay.activate()
                 if now - last_flush >= settings.STREAM_FLUSH_S:
                     last_flush = now
                     await _in_db_thread(do_save_partial_answer)(
@@ -351,6 +391,8 @@ async def _write_answer(run: AnswerRun, client_factory: ClientFactory) -> None:
         except Exception:  # the database or cache is down: the start-up sweep closes it later
             log.exception("answer %s: could not record its end", run.answer_id)
         finally:  # the pages are told in any case, and the run is forgotten
+            if relay is not None:  # its end follows the answer's end in the database
+                await relay.aclose()
             run.finished = True
             run.publish(StreamEvent("done"))
             if _runs.get(run.answer_id) is run:

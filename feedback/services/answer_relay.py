@@ -1,0 +1,211 @@
+"""An answer's pieces relayed through Redis to the streams that other web processes serve.
+
+Several web processes behind a proxy: the send reaches one, which writes the answer; the page's
+stream may reach another. That stream subscribes to the answer's channel and marks the answer
+as watched (the key ``answer_runs`` already uses for that); the writing process sees the mark
+at its next check, writes everything so far to a Redis string, and from then on appends each
+piece to it and publishes the piece with the offset where it starts. The stream shows each
+piece from where it stands. The database is still saved every ``STREAM_FLUSH_S`` and stays the
+truth: a follower checks it at that pace, so a writer that died, a missed message or a Redis
+restart costs smoothness, never the answer. Without Redis (the zero-setup default: one web
+process) nothing is relayed and a stream written elsewhere follows the database alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import redis.asyncio as aioredis
+from django.conf import settings
+from redis.exceptions import RedisError
+
+log = logging.getLogger(__name__)
+
+# The text of an answer lives this long after its last piece (a writer that died leaves it).
+CONTENT_TTL_S = 3600
+# After the end: long enough for a follower that subscribed just before it to read the text.
+ENDED_TTL_S = 60
+END = json.dumps({"end": True})
+
+
+def relay_enabled() -> bool:
+    return bool(settings.REDIS_URL)
+
+
+def content_key(answer_id: int) -> str:
+    return f"palmloop:answer-text:{answer_id}"
+
+
+def channel(answer_id: int) -> str:
+    return f"palmloop:answer-pieces:{answer_id}"
+
+
+def _client() -> aioredis.Redis:
+    # One per writer or follower: an asyncio client belongs to the loop that made it.
+    return aioredis.Redis.from_url(settings.REDIS_URL, socket_timeout=5, socket_connect_timeout=2)
+
+
+class RelayWriter:
+    """Relays the pieces of one answer as its run writes them, once a page in another process
+    follows it (``activate``; until then, nothing is sent: one process alone pays nothing).
+    ``add`` never waits: a task sends what has gathered since its last send, one round trip
+    for several pieces when Redis is slower than the model. A Redis error ends the relaying,
+    not the answer."""
+
+    def __init__(self, answer_id: int) -> None:
+        self._answer_id = answer_id
+        self._redis: aioredis.Redis | None = None
+        self._held: list[str] = []  # everything written while nobody follows elsewhere
+        self._pending: list[str] = []  # to send
+        self._offset = 0  # characters relayed so far
+        self._wake = asyncio.Event()
+        self._closing = False
+        self._broken = False
+        self._task: asyncio.Task[None] | None = None
+
+    def add(self, piece: str) -> None:
+        if not piece or self._broken:
+            return
+        if self._task is None:
+            self._held.append(piece)
+        else:
+            self._pending.append(piece)
+            self._wake.set()
+
+    def activate(self) -> None:
+        """A page in another process follows the answer: relay what is written, then each
+        piece as it comes."""
+        if self._task is not None or self._broken or self._closing:
+            return
+        self._redis = _client()
+        self._pending, self._held = self._held, []
+        self._task = asyncio.get_running_loop().create_task(self._pump())
+        self._wake.set()
+
+    async def aclose(self) -> None:
+        """Send what is left, then the end (after the answer's end is in the database)."""
+        self._closing = True
+        client = self._redis or _client()
+        try:
+            if self._task is not None:
+                self._wake.set()
+                await asyncio.wait_for(self._task, timeout=10)
+            if not self._broken:  # a page may have subscribed just now: tell it too
+                async with client.pipeline(transaction=True) as pipe:
+                    pipe.publish(channel(self._answer_id), END)
+                    pipe.expire(content_key(self._answer_id), ENDED_TTL_S)
+                    await pipe.execute()
+        except (RedisError, OSError, TimeoutError) as exc:
+            self._give_up(exc)
+        finally:
+            if self._task is not None:
+                self._task.cancel()
+            await client.aclose()
+
+    async def _pump(self) -> None:
+        assert self._redis is not None
+        key, topic = content_key(self._answer_id), channel(self._answer_id)
+        while not self._broken:
+            await self._wake.wait()
+            self._wake.clear()
+            text = "".join(self._pending)
+            self._pending.clear()
+            if text:
+                message = json.dumps({"o": self._offset, "t": text})
+                try:
+                    async with self._redis.pipeline(transaction=True) as pipe:
+                        if self._offset:
+                            pipe.append(key, text)
+                        else:  # replaces a text left under this id (a database reset since)
+                            pipe.set(key, text)
+                        pipe.expire(key, CONTENT_TTL_S)
+                        pipe.publish(topic, message)
+                        await pipe.execute()
+                except (RedisError, OSError) as exc:
+                    self._give_up(exc)
+                    return
+                self._offset += len(text)
+            if self._closing and not self._pending:
+                return
+
+    def _give_up(self, exc: BaseException) -> None:
+        if not self._broken:
+            log.warning(
+                "answer %s: relaying through Redis failed (%s); other web processes follow "
+                "it in the database",
+                self._answer_id,
+                exc,
+            )
+        self._broken = True
+        self._pending.clear()
+
+
+Event = tuple[str, str]  # ("reset" | "token", text)
+
+
+async def follow_relayed(
+    answer_id: int,
+    saved: Callable[[], Awaitable[tuple[str, bool]]],
+    heartbeat: Callable[[], Awaitable[None]],
+) -> AsyncIterator[Event]:
+    """Events of an answer another process writes: ("reset", everything so far), then
+    ("token", piece) as each piece is published; ends when the answer is closed.
+
+    ``saved()`` gives the answer's content and whether it is still open, from the database;
+    ``heartbeat()`` tells the writer a page watches. Both run every ``STREAM_FLUSH_S``.
+    """
+    client = _client()
+    pubsub = client.pubsub()
+    try:
+        await pubsub.subscribe(channel(answer_id))
+        stored = await client.get(content_key(answer_id))
+        shown = stored.decode() if stored is not None else (await saved())[0]
+        yield "reset", shown
+        ended, checked = False, float("-inf")
+        while True:
+            if ended or time.monotonic() - checked >= settings.STREAM_FLUSH_S:
+                checked = time.monotonic()
+                await heartbeat()
+                content, still_open = await saved()
+                if ended or not still_open:  # the database has the last word on the text
+                    for event in _advance(shown, 0, content):
+                        yield event
+                    return
+            message = await pubsub.get_message(
+                ignore_subscribe_messages=True,
+                timeout=max(0.0, checked + settings.STREAM_FLUSH_S - time.monotonic()),
+            )
+            if message is None:
+                continue
+            data = json.loads(message["data"])
+            ended = bool(data.get("end"))
+            if not ended:
+                offset, text = int(data["o"]), str(data["t"])
+                if offset > len(shown):  # a message missed: catch up from the stored text
+                    stored = await client.get(content_key(answer_id))
+                    text, offset = (stored.decode() if stored else shown), 0
+                for event in _advance(shown, offset, text):
+                    shown = event[1] if event[0] == "reset" else shown + event[1]
+                    yield event
+    finally:
+        with contextlib.suppress(RedisError, OSError):
+            await pubsub.aclose()
+        with contextlib.suppress(RedisError, OSError):
+            await client.aclose()
+
+
+def _advance(shown: str, offset: int, text: str) -> list[Event]:
+    """What a page showing ``shown`` needs to show ``text`` placed at ``offset``: nothing when
+    it has it already, the new end when it starts within what is shown, everything again when
+    the two disagree."""
+    end = offset + len(text)
+    if end <= len(shown) and shown[offset:end] == text:
+        return []
+    if shown[offset:] == text[: len(shown) - offset]:
+        return [("token", text[len(shown) - offset :])]
+    return [("reset", shown[:offset] + text)]

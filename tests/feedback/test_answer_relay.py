@@ -19,7 +19,12 @@ from feedback.models import Message, MessageStatus
 from feedback.services import answer_runs
 from feedback.services.answer_relay import RelayWriter, channel, content_key
 from feedback.services.answer_runs import StreamEvent, serve_streams_from, start_answer_soon
-from feedback.services.chat import do_finish_answer, do_send_message, do_start_answer
+from feedback.services.chat import (
+    do_finish_answer,
+    do_save_partial_answer,
+    do_send_message,
+    do_start_answer,
+)
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -160,6 +165,43 @@ def test_a_missed_piece_is_caught_up_from_the_stored_text(
     events = asyncio.run(scenario())
     assert [e.kind for _, e in events] == ["reset", "token", "token", "done"]
     assert [e.text for _, e in events[:3]] == ["a", "bc", "d"]
+
+
+def test_a_follower_whose_redis_connection_drops_still_shows_the_whole_answer(
+    streaming_answer: int, redis_url: str, settings: Any
+) -> None:
+    """Redis restarting under a page that follows: reconnected, or on the database, the page
+    ends with the whole answer."""
+    settings.STREAM_FLUSH_S = 0.2
+    answer_id = streaming_answer
+    admin = redis.Redis.from_url(redis_url)
+
+    async def scenario() -> list[tuple[float, StreamEvent]]:
+        writer = RelayWriter(answer_id)
+        writer.activate()
+        events: list[tuple[float, StreamEvent]] = []
+        following = asyncio.create_task(follow(answer_id, events))
+        writer.add("Before the restart.")
+        await until(lambda: shown(events) == "Before the restart.")
+        assert admin.client_kill_filter(_type="pubsub") >= 1
+        writer.add(" After it.")
+        await asyncio.sleep(0.3)
+        await sync_to_async(do_save_partial_answer)(
+            answer_id=answer_id, content="Before the restart. After it."
+        )
+        writer.add(" The end.")
+        await sync_to_async(do_finish_answer)(
+            answer_id=answer_id,
+            status=MessageStatus.COMPLETE,
+            content="Before the restart. After it. The end.",
+        )
+        await writer.aclose()
+        await asyncio.wait_for(following, 5)
+        return events
+
+    events = asyncio.run(scenario())
+    assert shown(events) == "Before the restart. After it. The end."
+    assert events[-1][1].kind == "done"
 
 
 def test_a_follower_without_redis_follows_the_database(

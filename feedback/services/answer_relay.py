@@ -52,7 +52,7 @@ def _client() -> aioredis.Redis:
 
 class RelayWriter:
     """Relays the pieces of one answer as its run writes them, once a page in another process
-    follows it (``activate``; until then, nothing is sent: one process alone pays nothing).
+    follows it (``activate``; until then nothing is sent: one process alone pays nothing).
     ``add`` never waits: a task sends what has gathered since its last send, one round trip
     for several pieces when Redis is slower than the model. A Redis error ends the relaying,
     not the answer."""
@@ -60,9 +60,10 @@ class RelayWriter:
     def __init__(self, answer_id: int) -> None:
         self._answer_id = answer_id
         self._redis: aioredis.Redis | None = None
-        self._held: list[str] = []  # everything written while nobody follows elsewhere
-        self._pending: list[str] = []  # to send
+        self._text = ""  # everything written so far
+        self._pending: list[str] = []  # written since the last send
         self._offset = 0  # characters relayed so far
+        self._bytes = 0  # their UTF-8 length: what the Redis string must hold
         self._wake = asyncio.Event()
         self._closing = False
         self._broken = False
@@ -71,9 +72,8 @@ class RelayWriter:
     def add(self, piece: str) -> None:
         if not piece or self._broken:
             return
-        if self._task is None:
-            self._held.append(piece)
-        else:
+        self._text += piece
+        if self._task is not None:
             self._pending.append(piece)
             self._wake.set()
 
@@ -82,30 +82,35 @@ class RelayWriter:
         piece as it comes."""
         if self._task is not None or self._broken or self._closing:
             return
-        self._redis = _client()
-        self._pending, self._held = self._held, []
+        try:
+            self._redis = _client()
+        except ValueError as exc:  # REDIS_URL is not a Redis URL
+            self._give_up(exc)
+            return
+        self._pending = [self._text] if self._text else []
         self._task = asyncio.get_running_loop().create_task(self._pump())
         self._wake.set()
 
     async def aclose(self) -> None:
-        """Send what is left, then the end (after the answer's end is in the database)."""
+        """Send what is left, then the end (call it once the answer's end is in the
+        database). Never raises: the relay is a courtesy to other processes."""
         self._closing = True
-        client = self._redis or _client()
+        if self._task is None or self._redis is None:
+            return  # never relayed: a page that follows sees the end in the database
         try:
-            if self._task is not None:
-                self._wake.set()
-                await asyncio.wait_for(self._task, timeout=10)
-            if not self._broken:  # a page may have subscribed just now: tell it too
-                async with client.pipeline(transaction=True) as pipe:
+            self._wake.set()
+            await asyncio.wait_for(self._task, timeout=10)
+            if not self._broken:
+                async with self._redis.pipeline(transaction=True) as pipe:
                     pipe.publish(channel(self._answer_id), END)
                     pipe.expire(content_key(self._answer_id), ENDED_TTL_S)
                     await pipe.execute()
-        except (RedisError, OSError, TimeoutError) as exc:
+        except Exception as exc:  # Redis down, a timeout, a bug: all the same here
             self._give_up(exc)
         finally:
-            if self._task is not None:
-                self._task.cancel()
-            await client.aclose()
+            self._task.cancel()
+            with contextlib.suppress(Exception):
+                await self._redis.aclose()
 
     async def _pump(self) -> None:
         assert self._redis is not None
@@ -116,6 +121,7 @@ class RelayWriter:
             text = "".join(self._pending)
             self._pending.clear()
             if text:
+                size = len(text.encode())
                 message = json.dumps({"o": self._offset, "t": text})
                 try:
                     async with self._redis.pipeline(transaction=True) as pipe:
@@ -125,11 +131,17 @@ class RelayWriter:
                             pipe.set(key, text)
                         pipe.expire(key, CONTENT_TTL_S)
                         pipe.publish(topic, message)
-                        await pipe.execute()
+                        stored = (await pipe.execute())[0]
+                    self._offset += len(text)
+                    self._bytes += size
+                    if self._offset > len(text) and stored != self._bytes:
+                        # Redis lost the string (restarted): the append made a new one of the
+                        # last piece alone. Put the whole text back.
+                        done = self._text[: self._offset]
+                        await self._redis.set(key, done, ex=CONTENT_TTL_S)
                 except (RedisError, OSError) as exc:
                     self._give_up(exc)
                     return
-                self._offset += len(text)
             if self._closing and not self._pending:
                 return
 
@@ -157,24 +169,33 @@ async def follow_relayed(
     ("token", piece) as each piece is published; ends when the answer is closed.
 
     ``saved()`` gives the answer's content and whether it is still open, from the database;
-    ``heartbeat()`` tells the writer a page watches. Both run every ``STREAM_FLUSH_S``.
+    ``heartbeat()`` tells the writer a page watches. Both run every ``STREAM_FLUSH_S``; the
+    saved text moves the page on too when it is ahead (a writer that stopped relaying).
     """
     client = _client()
     pubsub = client.pubsub()
     try:
         await pubsub.subscribe(channel(answer_id))
-        stored = await client.get(content_key(answer_id))
-        shown = stored.decode() if stored is not None else (await saved())[0]
+        # Confirmed before the text is read: no piece published after the read is missed.
+        await pubsub.get_message(timeout=2.0)
+        await heartbeat()
+        content, still_open = await saved()
+        checked = time.monotonic()
+        stored = _decoded(await client.get(content_key(answer_id)))
+        # The saved text is a prefix of the answer; a stored one that is not is left over.
+        shown = stored if stored is not None and stored.startswith(content) else content
         yield "reset", shown
-        ended, checked = False, float("-inf")
+        ended = not still_open
         while True:
             if ended or time.monotonic() - checked >= settings.STREAM_FLUSH_S:
-                checked = time.monotonic()
-                await heartbeat()
-                content, still_open = await saved()
-                if ended or not still_open:  # the database has the last word on the text
-                    for event in _advance(shown, 0, content):
-                        yield event
+                if not ended:
+                    checked = time.monotonic()
+                    await heartbeat()
+                    content, still_open = await saved()
+                for event in _advance(shown, 0, content):  # the database is ahead, or final
+                    shown = _shown_after(shown, event)
+                    yield event
+                if ended or not still_open:
                     return
             message = await pubsub.get_message(
                 ignore_subscribe_messages=True,
@@ -183,15 +204,20 @@ async def follow_relayed(
             if message is None:
                 continue
             data = json.loads(message["data"])
-            ended = bool(data.get("end"))
-            if not ended:
-                offset, text = int(data["o"]), str(data["t"])
-                if offset > len(shown):  # a message missed: catch up from the stored text
-                    stored = await client.get(content_key(answer_id))
-                    text, offset = (stored.decode() if stored else shown), 0
-                for event in _advance(shown, offset, text):
-                    shown = event[1] if event[0] == "reset" else shown + event[1]
-                    yield event
+            if data.get("end"):
+                content, still_open = await saved()
+                ended = True
+                continue
+            offset, text = int(data["o"]), str(data["t"])
+            if offset > len(shown):  # a message missed: catch up from the stored text
+                stored = _decoded(await client.get(content_key(answer_id)))
+                if stored is not None and stored[offset:].startswith(text):
+                    text, offset = stored, 0
+                else:  # the stored text is not whole (Redis restarted): wait for the database
+                    continue
+            for event in _advance(shown, offset, text):
+                shown = _shown_after(shown, event)
+                yield event
     finally:
         with contextlib.suppress(RedisError, OSError):
             await pubsub.aclose()
@@ -199,10 +225,19 @@ async def follow_relayed(
             await client.aclose()
 
 
+def _decoded(value: bytes | None) -> str | None:
+    return value.decode() if value is not None else None
+
+
+def _shown_after(shown: str, event: Event) -> str:
+    kind, text = event
+    return text if kind == "reset" else shown + text
+
+
 def _advance(shown: str, offset: int, text: str) -> list[Event]:
     """What a page showing ``shown`` needs to show ``text`` placed at ``offset``: nothing when
-    it has it already, the new end when it starts within what is shown, everything again when
-    the two disagree."""
+    it has it already (or is ahead of it), the new end when it starts within what is shown,
+    everything again when the two disagree."""
     end = offset + len(text)
     if end <= len(shown) and shown[offset:end] == text:
         return []

@@ -237,15 +237,21 @@ async def _follow_elsewhere(answer_id: int) -> AsyncIterator[StreamEvent]:
             answer = await Message.objects.aget(pk=answer_id)
             return answer.content, answer.is_open
 
+        shown: str | None = None  # what the page shows: the database takes over from there
         try:
             relayed = follow_relayed(answer_id, saved, lambda: _mark_watched(answer_id))
             async with aclosing(relayed) as events:
                 async for kind, text in events:
+                    shown = text if kind == "reset" else (shown or "") + text
                     yield StreamEvent("reset" if kind == "reset" else "token", text)
             yield StreamEvent("done")
             return
         except (RedisError, OSError) as exc:
             log.warning("answer %s: following through Redis failed (%s)", answer_id, exc)
+        async with aclosing(_follow_from_database(answer_id, shown)) as followed:
+            async for event in followed:
+                yield event
+        return
     async with aclosing(_follow_from_database(answer_id)) as followed:
         async for event in followed:
             yield event
@@ -257,18 +263,22 @@ async def _mark_watched(answer_id: int) -> None:
     await cache.aset(watched_key(answer_id), 1, timeout=watched_for)
 
 
-async def _follow_from_database(answer_id: int) -> AsyncIterator[StreamEvent]:
+async def _follow_from_database(
+    answer_id: int, shown: str | None = None
+) -> AsyncIterator[StreamEvent]:
     """A run in another process: stream its saved progress until it closes, telling that run
-    (through the cache) that a page still watches."""
-    sent = ""
-    yield StreamEvent("reset", sent)
+    (through the cache) that a page still watches. ``shown``: what the page already shows
+    (taking over from a relay that failed); the page never goes back to an older save."""
+    sent = shown or ""
+    if shown is None:
+        yield StreamEvent("reset", sent)
     while True:
         await _mark_watched(answer_id)
         answer = await Message.objects.aget(pk=answer_id)
         if answer.content.startswith(sent) and len(answer.content) > len(sent):
             yield StreamEvent("token", answer.content[len(sent) :])
             sent = answer.content
-        elif not answer.content.startswith(sent):
+        elif not sent.startswith(answer.content):  # not merely behind: it differs
             sent = answer.content
             yield StreamEvent("reset", sent)
         if not answer.is_open:
@@ -391,9 +401,9 @@ async def _write_answer(run: AnswerRun, client_factory: ClientFactory) -> None:
         except Exception:  # the database or cache is down: the start-up sweep closes it later
             log.exception("answer %s: could not record its end", run.answer_id)
         finally:  # the pages are told in any case, and the run is forgotten
-            if relay is not None:  # its end follows the answer's end in the database
-                await relay.aclose()
             run.finished = True
             run.publish(StreamEvent("done"))
             if _runs.get(run.answer_id) is run:
                 del _runs[run.answer_id]
+            if relay is not None:  # then other processes' pages: after the database's end
+                await relay.aclose()

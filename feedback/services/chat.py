@@ -172,8 +172,10 @@ def do_edit_user_message(*, message: Message, text: str, limits: ChatLimits | No
 
 @transaction.atomic
 def do_show_message(*, message: Message) -> Conversation:
-    """Switch the screen to the branch through ``message`` (its newest descendants)."""
+    """Switch the screen to the branch through ``message`` (its newest descendants); not while
+    an answer is written, which would leave the screen (and its Stop) with it."""
     conversation = Conversation.objects.select_for_update().get(pk=message.conversation_id)
+    _refuse_if_answering(conversation)
     conversation.current_leaf = deepest_latest_leaf(message)
     conversation.save(update_fields=["current_leaf"])
     return conversation

@@ -16,7 +16,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.template.loader import render_to_string
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
-from django_htmx.http import HttpResponseClientRedirect
+from django_htmx.http import HttpResponseClientRedirect, HttpResponseClientRefresh
 from django_ratelimit.core import is_ratelimited
 
 from feedback.inference.factory import get_inference_client
@@ -199,7 +199,10 @@ def edit(request: HttpRequest, conversation_id: int, message_id: int) -> HttpRes
 def show(request: HttpRequest, conversation_id: int, message_id: int) -> HttpResponse:
     """Switch to a sibling (``< 2/3 >``): the branch through that message goes on screen."""
     message = _message(request, conversation_id, message_id)
-    conversation = do_show_message(message=message)
+    try:
+        conversation = do_show_message(message=message)
+    except ChatInputError as exc:
+        return _thread(request, message.conversation, str(exc))
     return _thread(request, conversation)
 
 
@@ -223,9 +226,13 @@ def stop(request: HttpRequest, conversation_id: int, message_id: int) -> HttpRes
 @role_required(Role.USER)
 @require_POST
 def stop_open(request: HttpRequest, conversation_id: int) -> HttpResponse:
-    """The composer's Stop: whatever answer the conversation is writing (none: nothing to do)."""
+    """The composer's Stop: whatever answer the conversation is writing. None (it ended, or a
+    page in another tab stopped it): the page is out of date, so htmx reloads it."""
     conversation = _conversation(request, conversation_id)
-    return _stopped(request, conversation_id, list(open_answers_of(conversation)))
+    answers = list(open_answers_of(conversation))
+    if not answers and request.htmx:
+        return HttpResponseClientRefresh()
+    return _stopped(request, conversation_id, answers)
 
 
 @role_required(Role.USER)

@@ -202,6 +202,67 @@ def test_a_follower_whose_redis_connection_drops_still_shows_the_whole_answer(
     events = asyncio.run(scenario())
     assert shown(events) == "Before the restart. After it. The end."
     assert events[-1][1].kind == "done"
+    # The database took over from what the page showed: the text never went back.
+    assert [e.kind for _, e in events].count("reset") == 1
+
+
+def test_a_follower_moves_on_with_the_saved_text_when_nothing_is_relayed(
+    streaming_answer: int, settings: Any
+) -> None:
+    """A writer that never relays (its Redis failed, or it has none): the page still moves on
+    at the pace the database is saved."""
+    settings.STREAM_FLUSH_S = 0.1
+    answer_id = streaming_answer
+
+    async def scenario() -> list[tuple[float, StreamEvent]]:
+        events: list[tuple[float, StreamEvent]] = []
+        following = asyncio.create_task(follow(answer_id, events))
+        await until(lambda: len(events) == 1)
+        await sync_to_async(do_save_partial_answer)(answer_id=answer_id, content="Saved")
+        await until(lambda: shown(events) == "Saved", timeout=2)
+        await sync_to_async(do_save_partial_answer)(answer_id=answer_id, content="Saved more")
+        await until(lambda: shown(events) == "Saved more", timeout=2)
+        await sync_to_async(do_finish_answer)(
+            answer_id=answer_id, status=MessageStatus.COMPLETE, content="Saved more."
+        )
+        await asyncio.wait_for(following, 3)
+        return events
+
+    events = asyncio.run(scenario())
+    assert [e.kind for _, e in events] == ["reset", "token", "token", "token", "done"]
+    assert shown(events) == "Saved more."
+
+
+def test_a_string_redis_lost_is_written_whole_again(streaming_answer: int, redis_url: str) -> None:
+    """Redis restarted mid-answer and lost the string: the next append would leave only the
+    new piece there, so the writer puts the whole text back."""
+    answer_id = streaming_answer
+    store = redis.Redis.from_url(redis_url)
+
+    async def scenario() -> None:
+        writer = RelayWriter(answer_id)
+        writer.add("Rivers carve ")
+        writer.activate()
+        await until(lambda: store.get(content_key(answer_id)) == b"Rivers carve ")
+        store.delete(content_key(answer_id))
+        writer.add("valleys.")
+        await until(lambda: store.get(content_key(answer_id)) == b"Rivers carve valleys.")
+        await writer.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_closing_a_writer_nobody_followed_sends_nothing(settings: Any) -> None:
+    settings.REDIS_URL = "redis://127.0.0.1:1/0"  # any attempt would fail slowly
+
+    async def scenario() -> float:
+        writer = RelayWriter(1)
+        writer.add("text")
+        started = time.monotonic()
+        await writer.aclose()
+        return time.monotonic() - started
+
+    assert asyncio.run(scenario()) < 0.05
 
 
 def test_a_follower_without_redis_follows_the_database(

@@ -85,6 +85,9 @@ def test_regenerate_and_switch_siblings(client: Client, conversation: Conversati
         reverse("chat_regenerate", args=[conversation.pk, turn.answer.pk]), **HTMX
     )
     assert "2/2" in response.content.decode()
+    second = Message.objects.get(role="assistant", status=MessageStatus.PENDING)
+    do_start_answer(answer_id=second.pk, model_version="v", dropped_turns=0)
+    do_finish_answer(answer_id=second.pk, status=MessageStatus.COMPLETE, content="second")
     response = client.post(reverse("chat_show", args=[conversation.pk, turn.answer.pk]), **HTMX)
     html = response.content.decode()
     assert "1/2" in html and "first" in html
@@ -106,7 +109,9 @@ def test_the_composers_stop_cancels_the_answer_being_written(
     html = client.get(reverse("chat", args=[conversation.pk])).content.decode()
     stop_url = reverse("chat_stop_open", args=[conversation.pk])
     assert f'formaction="{stop_url}"' in html and f'hx-post="{stop_url}"' in html
-    assert client.post(stop_url, **HTMX).status_code == 204  # nothing open: nothing to do
+    # Nothing open: the page that shows a Stop is out of date, and htmx reloads it.
+    response = client.post(stop_url, **HTMX)
+    assert response.status_code == 200 and response["HX-Refresh"] == "true"
     other_conversation = ConversationFactory(owner=conversation.owner)
     elsewhere = do_send_message(conversation=other_conversation, text="a")
     turn = do_send_message(conversation=conversation, text="hi")
@@ -121,6 +126,20 @@ def test_the_composers_stop_cancels_the_answer_being_written(
     assert response.status_code == 302 and response["Location"] == reverse(
         "chat", args=[conversation.pk]
     )
+
+
+def test_no_switching_versions_while_an_answer_is_written(
+    client: Client, conversation: Conversation
+) -> None:
+    turn = do_send_message(conversation=conversation, text="hi")
+    do_start_answer(answer_id=turn.answer.pk, model_version="", dropped_turns=0)
+    do_finish_answer(answer_id=turn.answer.pk, status=MessageStatus.COMPLETE, content="first")
+    client.post(reverse("chat_regenerate", args=[conversation.pk, turn.answer.pk]), **HTMX)
+    response = client.post(reverse("chat_show", args=[conversation.pk, turn.answer.pk]), **HTMX)
+    assert response.status_code == 400
+    assert "still being written" in response.content.decode()
+    conversation.refresh_from_db()
+    assert conversation.current_leaf_id != turn.answer.pk  # the new answer stays on screen
 
 
 def test_rename_delete_and_search(client: Client, conversation: Conversation) -> None:

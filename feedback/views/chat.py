@@ -40,6 +40,9 @@ from feedback.services.chat import (
 from feedback.services.chat_tree import thread_entries
 
 TOO_FAST = "You are sending too fast; wait a minute."
+# Input the user can fix: htmx swaps these responses in (base.html's htmx-config), where a 400
+# would be dropped (or, with DEBUG, shown by django-htmx as a whole-page error).
+UNPROCESSABLE = 422
 
 
 def _conversation(request: HttpRequest, conversation_id: int) -> Conversation:
@@ -85,7 +88,7 @@ def _thread(
         if retitled:
             oob = {**context, "oob": True}
             response += render_to_string("feedback/chat.html#title", oob, request)
-        return HttpResponse(response, status=400 if error else 200)
+        return HttpResponse(response, status=UNPROCESSABLE if error else 200)
     if error:
         flash.error(request, error)
     return redirect("chat", conversation_id=conversation.pk)
@@ -243,7 +246,9 @@ def rename(request: HttpRequest, conversation_id: int) -> HttpResponse:
         do_rename_conversation(conversation=conversation, title=request.POST.get("title", ""))
     except ChatInputError as exc:
         if request.htmx:
-            return HttpResponse(str(exc), status=400)
+            conversation.refresh_from_db()  # the title as it stands, with the reason beside it
+            context = {"conversation": conversation, "error": str(exc)}
+            return render(request, "feedback/chat.html#title", context, status=UNPROCESSABLE)
         flash.error(request, str(exc))
     if request.htmx:
         return render(request, "feedback/chat.html#title", {"conversation": conversation})
@@ -274,7 +279,8 @@ def update_settings(request: HttpRequest, conversation_id: int) -> HttpResponse:
         error = str(exc) if isinstance(exc, ChatInputError) else "Enter numbers."
     context = {"conversation": conversation, "limits": ChatLimits.current(), "error": error}
     if request.htmx:
-        return render(request, "feedback/chat.html#settings", context, status=400 if error else 200)
+        status = UNPROCESSABLE if error else 200
+        return render(request, "feedback/chat.html#settings", context, status=status)
     if error:
         flash.error(request, error)
     return redirect("chat", conversation_id=conversation.pk)

@@ -56,8 +56,9 @@ def live_url(
 
 def is_page_error(message: ConsoleMessage) -> bool:
     """A console error, except an answer stream cut by the network: the end of a stream and a
-    page leaving mid-stream are both normal, and the SSE extension reconnects or stops."""
-    if message.type != "error":
+    page leaving mid-stream are both normal, and the SSE extension reconnects or stops. Nor is a
+    422 (input the user can fix), which the page shows where the form is."""
+    if message.type != "error" or "status of 422" in message.text:
         return False
     stream = "/stream/" in message.location.get("url", "")
     return not (stream or message.text.startswith("htmx:sseError"))

@@ -21,15 +21,20 @@ def log_in(page: Page, username: str) -> None:
     page.get_by_role("button", name="Log in").click()
 
 
-def test_chat_end_to_end(page: Page) -> None:
-    limits = ChatLimits.current()
-    limits.max_new_tokens = 2000
-    limits.default_new_tokens = 60
-    limits.save()
-    UserFactory(username="frank")
-    log_in(page, "frank")
+def start_chatting(page: Page, username: str, **limits: int) -> None:
+    """With these chat limits, a new user logs in and opens a new conversation."""
+    current = ChatLimits.current()
+    for name, value in limits.items():
+        setattr(current, name, value)
+    current.save()
+    UserFactory(username=username)
+    log_in(page, username)
     page.get_by_role("navigation", name="Main").get_by_role("link", name="Chat").click()
     page.get_by_role("button", name="New chat").click()
+
+
+def test_chat_end_to_end(page: Page) -> None:
+    start_chatting(page, "frank", max_new_tokens=2000, default_new_tokens=60)
     expect(page.get_by_role("heading", name="New conversation")).to_be_visible()
 
     # Enter sends; the answer streams in piece by piece and ends as a finished message.
@@ -84,3 +89,25 @@ def test_chat_end_to_end(page: Page) -> None:
     page.get_by_role("button", name="Delete").click()
     expect(page.get_by_role("heading", name="Conversations")).to_be_visible()
     assert not Conversation.objects.exists()
+
+
+def test_a_refused_message_shows_why_and_keeps_the_draft(page: Page) -> None:
+    start_chatting(page, "grace", messages_per_minute=1, default_new_tokens=5)
+    box = page.get_by_label("Message", exact=True)
+    box.fill("First.")
+    box.press("Enter")
+    answer = page.locator("article.msg.assistant").last
+    expect(answer.get_by_role("button", name="Regenerate")).to_be_visible(timeout=30_000)
+    box.fill("Second, too soon.")
+    box.press("Enter")
+    # The reason appears above the thread, on the styled page; the draft is still there.
+    expect(page.locator("#thread .error")).to_have_text("You are sending too fast; wait a minute.")
+    expect(page.get_by_role("navigation", name="Main")).to_be_visible()
+    expect(box).to_have_value("Second, too soon.")
+    assert Message.objects.filter(role="user").count() == 1
+    # A title that is only spaces: the reason shows beside the title, which stays.
+    page.locator("summary", has_text="Rename").click()
+    page.get_by_label("Title").fill("   ")
+    page.locator("#chat-title").get_by_role("button", name="Save").click()
+    expect(page.locator("#chat-title .error")).to_have_text("A title cannot be empty.")
+    expect(page.locator("h1")).to_have_text("First.")

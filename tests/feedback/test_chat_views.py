@@ -56,11 +56,11 @@ def test_send_without_javascript_redirects(client: Client, conversation: Convers
 @pytest.mark.parametrize(
     ("text", "fragment"), [("a\x00b", "NUL byte"), ("x" * 9000, "the limit is 8,000")]
 )
-def test_bad_input_is_a_clear_400(
+def test_bad_input_is_a_clear_422(
     client: Client, conversation: Conversation, text: str, fragment: str
 ) -> None:
     response = client.post(reverse("chat_send", args=[conversation.pk]), {"text": text}, **HTMX)
-    assert response.status_code == 400
+    assert response.status_code == 422  # swapped in by htmx (base.html), unlike a 400
     assert fragment in response.content.decode()
     assert not Message.objects.exists()
 
@@ -71,10 +71,10 @@ def test_sending_is_rate_limited(client: Client, conversation: Conversation) -> 
     limits.save()
     url = reverse("chat_send", args=[conversation.pk])
     for _ in range(2):
-        assert client.post(url, {"text": "x"}, **HTMX).status_code in (200, 400)
+        assert client.post(url, {"text": "x"}, **HTMX).status_code in (200, 422)
         Message.objects.filter(role="assistant").update(status=MessageStatus.CANCELLED)
     response = client.post(url, {"text": "x"}, **HTMX)
-    assert response.status_code == 400 and "too fast" in response.content.decode()
+    assert response.status_code == 422 and "too fast" in response.content.decode()
 
 
 def test_regenerate_and_switch_siblings(client: Client, conversation: Conversation) -> None:
@@ -136,10 +136,21 @@ def test_no_switching_versions_while_an_answer_is_written(
     do_finish_answer(answer_id=turn.answer.pk, status=MessageStatus.COMPLETE, content="first")
     client.post(reverse("chat_regenerate", args=[conversation.pk, turn.answer.pk]), **HTMX)
     response = client.post(reverse("chat_show", args=[conversation.pk, turn.answer.pk]), **HTMX)
-    assert response.status_code == 400
+    assert response.status_code == 422
     assert "still being written" in response.content.decode()
     conversation.refresh_from_db()
     assert conversation.current_leaf_id != turn.answer.pk  # the new answer stays on screen
+
+
+def test_a_bad_title_comes_back_in_the_title_block(
+    client: Client, conversation: Conversation
+) -> None:
+    conversation.title = "Rivers"
+    conversation.save()
+    response = client.post(reverse("chat_rename", args=[conversation.pk]), {"title": " "}, **HTMX)
+    html = response.content.decode()
+    assert response.status_code == 422
+    assert 'id="chat-title"' in html and "<h1>Rivers</h1>" in html and 'role="alert"' in html
 
 
 def test_rename_delete_and_search(client: Client, conversation: Conversation) -> None:
@@ -162,9 +173,9 @@ def test_settings_within_limits(client: Client, conversation: Conversation) -> N
         client.post(url, {"temperature": "0.3", "max_new_tokens": "100"}, **HTMX).status_code == 200
     )
     response = client.post(url, {"temperature": "9", "max_new_tokens": "100"}, **HTMX)
-    assert response.status_code == 400 and "Temperature must be" in response.content.decode()
+    assert response.status_code == 422 and "Temperature must be" in response.content.decode()
     response = client.post(url, {"temperature": "abc", "max_new_tokens": "1"}, **HTMX)
-    assert response.status_code == 400
+    assert response.status_code == 422
     conversation.refresh_from_db()
     assert conversation.temperature == 0.3
 

@@ -37,7 +37,8 @@
 
   document.addEventListener("htmx:afterRequest", function (event) {
     var form = event.detail.elt;
-    if (form && form.id === "composer" && event.detail.successful) form.reset();
+    // Only once sent: a refusal (422: too fast, too long, still answering) keeps the draft.
+    if (form && form.id === "composer" && event.detail.xhr.status === 200) form.reset();
   });
   document.addEventListener("htmx:sseMessage", scrollToEnd);
   document.addEventListener("htmx:afterSwap", scrollToEnd);

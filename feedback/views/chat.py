@@ -88,10 +88,17 @@ def _thread(
         if retitled:
             oob = {**context, "oob": True}
             response += render_to_string("feedback/chat.html#title", oob, request)
+            response += _recent_link(request, conversation)
         return HttpResponse(response, status=UNPROCESSABLE if error else 200)
     if error:
         flash.error(request, error)
     return redirect("chat", conversation_id=conversation.pk)
+
+
+def _recent_link(request: HttpRequest, conversation: Conversation) -> str:
+    """The conversation's link in the page's sidebar, out of band: its new title."""
+    context = {"c": conversation, "oob": True}
+    return render_to_string("feedback/chat.html#recent_link", context, request)
 
 
 @role_required(Role.USER)
@@ -130,7 +137,9 @@ def conversation_new(request: HttpRequest) -> HttpResponse:
 @require_GET
 def chat(request: HttpRequest, conversation_id: int) -> HttpResponse:
     conversation = _conversation(request, conversation_id)
-    recent = conversations_of(request.user)[:20]  # type: ignore[arg-type]
+    recent = list(conversations_of(request.user)[:20])  # type: ignore[arg-type]
+    if conversation not in recent:  # an older one: listed too, so its title can follow renames
+        recent.append(conversation)
     return render(
         request,
         "feedback/chat.html",
@@ -251,7 +260,9 @@ def rename(request: HttpRequest, conversation_id: int) -> HttpResponse:
             return render(request, "feedback/chat.html#title", context, status=UNPROCESSABLE)
         flash.error(request, str(exc))
     if request.htmx:
-        return render(request, "feedback/chat.html#title", {"conversation": conversation})
+        context = {"conversation": conversation}
+        title = render_to_string("feedback/chat.html#title", context, request)
+        return HttpResponse(title + _recent_link(request, conversation))
     return redirect("chat", conversation_id=conversation.pk)
 
 

@@ -49,6 +49,7 @@ def test_chat_end_to_end(page: Page) -> None:
     first = Message.objects.filter(role="assistant").get()
     assert first.status == MessageStatus.COMPLETE and first.content
     expect(page.locator("h1")).to_have_text("Tell me about the river.")
+    expect(page.locator(".sidebar li.current a")).to_have_text("Tell me about the river.")
 
     # Regenerate: a second version appears and the page shows 2/2, then switch back to 1/2.
     answer.get_by_role("button", name="Regenerate").click()
@@ -85,6 +86,7 @@ def test_chat_end_to_end(page: Page) -> None:
     page.get_by_label("Title").fill("River talk")
     page.locator("#chat-title").get_by_role("button", name="Save").click()
     expect(page.locator("h1")).to_have_text("River talk")
+    expect(page.locator(".sidebar li.current a")).to_have_text("River talk")
     page.on("dialog", lambda dialog: dialog.accept())
     page.get_by_role("button", name="Delete").click()
     expect(page.get_by_role("heading", name="Conversations")).to_be_visible()

@@ -142,6 +142,20 @@ def test_no_switching_versions_while_an_answer_is_written(
     assert conversation.current_leaf_id != turn.answer.pk  # the new answer stays on screen
 
 
+def test_a_new_title_reaches_the_sidebar_too(client: Client, conversation: Conversation) -> None:
+    others = [ConversationFactory(owner=conversation.owner) for _ in range(20)]
+    page = client.get(reverse("chat", args=[conversation.pk])).content.decode()
+    assert f'id="recent-{conversation.pk}"' in page  # older than the 20 listed, listed anyway
+    assert f'id="recent-{others[0].pk}"' in page
+    sidebar_link = f'<a id="recent-{conversation.pk}" href="/chat/{conversation.pk}/" hx-swap-oob'
+    send = reverse("chat_send", args=[conversation.pk])
+    html = client.post(send, {"text": "Rivers"}, **HTMX).content.decode()
+    assert f'{sidebar_link}="true">Rivers</a>' in html
+    rename = reverse("chat_rename", args=[conversation.pk])
+    html = client.post(rename, {"title": "Seas"}, **HTMX).content.decode()
+    assert f'{sidebar_link}="true">Seas</a>' in html and "<h1>Seas</h1>" in html
+
+
 def test_a_bad_title_comes_back_in_the_title_block(
     client: Client, conversation: Conversation
 ) -> None:

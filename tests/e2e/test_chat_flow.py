@@ -71,6 +71,8 @@ def test_chat_end_to_end(page: Page) -> None:
     send.click()
     expect(stop).to_be_visible()
     expect(send).to_be_hidden()
+    box.fill("A draft for later.")
+    box.press("Enter")  # waits while the answer is written
     composer, button = page.locator("#composer").bounding_box(), stop.bounding_box()
     assert composer and button and button["y"] >= composer["y"]
     assert button["y"] + button["height"] <= min(composer["y"] + composer["height"], 844)
@@ -78,6 +80,9 @@ def test_chat_end_to_end(page: Page) -> None:
     expect(page.locator("article.msg.assistant").last.locator(".state")).to_have_text("Stopped.")
     expect(send).to_be_visible()
     expect(stop).to_be_hidden()
+    expect(box).to_have_value("A draft for later.")
+    assert Message.objects.filter(content="A draft for later.").count() == 0
+    box.fill("")
     stopped = Message.objects.filter(role="assistant").order_by("-id").first()
     assert stopped is not None and stopped.status == MessageStatus.CANCELLED
 

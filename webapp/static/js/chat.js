@@ -7,7 +7,9 @@
     if (!(box instanceof HTMLTextAreaElement) || !box.hasAttribute("data-submit-on-enter")) return;
     if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
       event.preventDefault();
-      if (box.value.trim() !== "") box.form.requestSubmit();
+      // While an answer is written, Stop stands where Send was: Enter waits, keeping the draft.
+      var answering = document.querySelector(".msg.status-pending, .msg.status-streaming");
+      if (box.value.trim() !== "" && !answering) box.form.requestSubmit();
     }
   });
 

@@ -10,11 +10,13 @@ from collections.abc import Callable
 from enum import StrEnum
 from functools import wraps
 from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
 
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.contrib.auth.views import redirect_to_login
 from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponseBase
+from django_htmx.http import HttpResponseClientRedirect
 
 
 class Role(StrEnum):
@@ -61,6 +63,12 @@ def role_required(role: Role) -> Callable[[ViewFunc], ViewFunc]:
         @wraps(view)
         def wrapped(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
             if not request.user.is_authenticated:
+                if request.headers.get("HX-Request") == "true":
+                    # The whole page goes to log in (not a fragment into it), and back to that
+                    # page after, not to the URL the fragment came from (a POST, often).
+                    page = urlsplit(request.headers.get("HX-Current-URL", ""))
+                    back = urlunsplit(("", "", page.path, page.query, "")) or "/"
+                    return HttpResponseClientRedirect(redirect_to_login(back)["Location"])
                 return redirect_to_login(request.get_full_path())
             if not has_role(request.user, role):
                 raise PermissionDenied(f"This page needs the {role.value} role.")

@@ -155,22 +155,20 @@ def _rate_limited(request: HttpRequest, limits: ChatLimits) -> bool:
 
 
 def _answer_anew(
-    request: HttpRequest,
-    conversation: Conversation,
-    create: Callable[[ChatLimits], Message],
-    *,
-    retitled: bool = False,
+    request: HttpRequest, conversation: Conversation, create: Callable[[ChatLimits], Message]
 ) -> HttpResponse:
     """Send, regenerate and edit: within the rate limit, ``create`` the new pending answer,
     start writing it, and return the thread (with the error the user can fix, if any)."""
     limits = ChatLimits.current()
     if _rate_limited(request, limits):
         return _thread(request, conversation, TOO_FAST, limits)
+    title = conversation.title
     try:
         answer = create(limits)
     except ChatInputError as exc:
         return _thread(request, conversation, str(exc), limits)
     start_answer_soon(answer.pk, get_inference_client)
+    retitled = answer.conversation.title != title  # a first message names the conversation
     return _thread(request, answer.conversation, limits=limits, retitled=retitled)
 
 
@@ -183,7 +181,6 @@ def send(request: HttpRequest, conversation_id: int) -> HttpResponse:
         request,
         conversation,
         lambda limits: do_send_message(conversation=conversation, text=text, limits=limits).answer,
-        retitled=True,
     )
 
 

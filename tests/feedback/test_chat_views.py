@@ -45,6 +45,11 @@ def test_send_returns_the_thread_with_a_stream(client: Client, conversation: Con
     assert 'sse-swap="token"' in html and "status-pending" in html
     # the first message names the conversation: the new title goes along out of band
     assert 'id="chat-title" class="chat-title" hx-swap-oob="true"' in html and "hello" in html
+    # later ones leave the title (and a rename form open there) alone
+    do_start_answer(answer_id=answer.pk, model_version="", dropped_turns=0)
+    do_finish_answer(answer_id=answer.pk, status=MessageStatus.COMPLETE, content="hi")
+    response = client.post(reverse("chat_send", args=[conversation.pk]), {"text": "more"}, **HTMX)
+    assert response.status_code == 200 and "hx-swap-oob" not in response.content.decode()
 
 
 def test_send_without_javascript_redirects(client: Client, conversation: Conversation) -> None:
@@ -74,7 +79,10 @@ def test_sending_is_rate_limited(client: Client, conversation: Conversation) -> 
         assert client.post(url, {"text": "x"}, **HTMX).status_code in (200, 422)
         Message.objects.filter(role="assistant").update(status=MessageStatus.CANCELLED)
     response = client.post(url, {"text": "x"}, **HTMX)
-    assert response.status_code == 422 and "too fast" in response.content.decode()
+    html = response.content.decode()
+    assert response.status_code == 422 and "too fast" in html
+    # below the thread, where the page scrolls after a swap (the composer's end)
+    assert html.index('role="alert"') > html.rindex("</article>")
 
 
 def test_regenerate_and_switch_siblings(client: Client, conversation: Conversation) -> None:

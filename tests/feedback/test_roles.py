@@ -60,6 +60,19 @@ def test_anonymous_is_sent_to_login(client: Client, url: str) -> None:
     assert response["Location"].startswith("/accounts/login/?next=")
 
 
+def test_an_htmx_request_after_the_session_ended_sends_the_page_to_login(client: Client) -> None:
+    """Not the login page swapped into a fragment of the chat page: the page goes there, and
+    comes back to itself after (not to the POST-only URL the fragment came from)."""
+    response = client.post(
+        "/chat/7/send/",
+        {"text": "hi"},
+        HTTP_HX_REQUEST="true",
+        HTTP_HX_CURRENT_URL="http://testserver/chat/7/?q=1",
+    )
+    assert response.status_code == 200
+    assert response["HX-Redirect"] == "/accounts/login/?next=/chat/7/%3Fq%3D1"
+
+
 def test_navigation_follows_roles(client: Client) -> None:
     client.force_login(UserFactory(role=Role.USER))
     page = client.get("/").content.decode()

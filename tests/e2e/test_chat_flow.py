@@ -117,3 +117,17 @@ def test_a_refused_message_shows_why_and_keeps_the_draft(page: Page) -> None:
     page.locator("#chat-title").get_by_role("button", name="Save").click()
     expect(page.locator("#chat-title .error")).to_have_text("A title cannot be empty.")
     expect(page.locator("h1")).to_have_text("New conversation")
+
+
+def test_a_page_gone_stale_says_so_and_keeps_the_draft(page: Page) -> None:
+    """The session changed in another tab, so the page's CSRF token no longer matches."""
+    start_chatting(page, "heidi")
+    origin = re.match(r"https?://[^/]+", page.url)
+    assert origin
+    page.context.add_cookies([{"name": "csrftoken", "value": "x" * 32, "url": origin.group(0)}])
+    box = page.get_by_label("Message", exact=True)
+    box.fill("Still here?")
+    box.press("Enter")
+    expect(page.locator("#notice")).to_contain_text("This page is out of date")
+    expect(box).to_have_value("Still here?")
+    assert not Message.objects.exists()

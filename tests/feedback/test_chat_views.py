@@ -215,8 +215,15 @@ def test_htmx_posts_need_the_csrf_token() -> None:
     client = Client(enforce_csrf_checks=True)
     client.force_login(conversation.owner)
     url = reverse("chat_send", args=[conversation.pk])
-    assert client.post(url, {"text": "hi"}, **HTMX).status_code == 403
+    refused = client.post(url, {"text": "hi"}, **HTMX)
+    # A stale page (the session changed in another tab): the reason goes to its notice area,
+    # with a status htmx swaps in, instead of a 403 that htmx would drop.
+    assert refused.status_code == 422 and "out of date" in refused.content.decode()
+    assert (refused["HX-Retarget"], refused["HX-Reswap"]) == ("#notice", "innerHTML")
+    assert client.post(url, {"text": "hi"}).status_code == 403  # a plain form: Django's page
+    assert not Message.objects.exists()
     page = client.get(reverse("chat", args=[conversation.pk]))
+    assert '<p id="notice" class="notice-bar" role="alert"></p>' in page.content.decode()
     token = page.context["csrf_token"]
     response = client.post(url, {"text": "hi"}, HTTP_X_CSRFTOKEN=str(token), **HTMX)
     assert response.status_code == 200

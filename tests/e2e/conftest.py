@@ -65,7 +65,13 @@ def is_page_error(message: ConsoleMessage) -> bool:
 
 
 @pytest.fixture
-def page(live_url: str) -> Iterator[object]:
+def expected_console_errors() -> list[str]:
+    """Fragments of console errors a test provokes on purpose (a failure it simulates)."""
+    return []
+
+
+@pytest.fixture
+def page(live_url: str, expected_console_errors: list[str]) -> Iterator[object]:
     need_service("Debian chromium (/usr/bin/chromium)", Path(CHROMIUM).exists())
     from playwright.sync_api import sync_playwright
 
@@ -78,5 +84,6 @@ def page(live_url: str) -> Iterator[object]:
         page.on("pageerror", lambda e: errors.append(str(e)))
         yield page
         # No CSP violation or script error on any page the test visited.
+        errors = [e for e in errors if not any(x in e for x in expected_console_errors)]
         assert errors == [], errors
         browser.close()

@@ -131,3 +131,26 @@ def test_a_page_gone_stale_says_so_and_keeps_the_draft(page: Page) -> None:
     expect(page.locator("#notice")).to_contain_text("This page is out of date")
     expect(box).to_have_value("Still here?")
     assert not Message.objects.exists()
+
+
+def test_a_failed_request_says_so_and_keeps_the_draft(
+    page: Page, expected_console_errors: list[str]
+) -> None:
+    # 503: a proxy whose web process is down (a 500 would meet django-htmx's DEBUG page here)
+    expected_console_errors += ["503", "ERR_FAILED", "htmx:sendError", "htmx:afterRequest"]
+    start_chatting(page, "ivan")
+    box = page.get_by_label("Message", exact=True)
+    box.fill("Hello?")
+    page.route("**/send/", lambda route: route.fulfill(status=503, body="down"))
+    box.press("Enter")
+    expect(page.locator("#notice")).to_contain_text("The server failed to do that (error 503)")
+    expect(box).to_have_value("Hello?")
+    page.unroute("**/send/")
+    page.route("**/send/", lambda route: route.abort())
+    box.press("Enter")
+    expect(page.locator("#notice")).to_contain_text("Could not reach the server")
+    expect(box).to_have_value("Hello?")
+    page.unroute("**/send/")
+    box.press("Enter")  # the server again: the message goes, the notice clears
+    expect(page.locator("article.msg.user .body")).to_have_text("Hello?")
+    expect(page.locator("#notice")).to_be_empty()

@@ -9,6 +9,8 @@ while the composer keeps its draft (``chat.js`` clears it only on a 200).
 
 from __future__ import annotations
 
+from http import HTTPStatus
+
 from django.http import HttpRequest, HttpResponse
 from django.views.csrf import csrf_failure as django_csrf_failure
 
@@ -23,7 +25,7 @@ def csrf_failure(request: HttpRequest, reason: str = "") -> HttpResponse:
         return django_csrf_failure(request, reason)
     return HttpResponse(
         STALE_PAGE,
-        status=422,
+        status=HTTPStatus.UNPROCESSABLE_ENTITY,
         headers={"HX-Retarget": "#notice", "HX-Reswap": "innerHTML"},
         content_type="text/plain; charset=utf-8",
     )

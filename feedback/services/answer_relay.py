@@ -60,26 +60,23 @@ class RelayWriter:
     def __init__(self, answer_id: int) -> None:
         self._answer_id = answer_id
         self._redis: aioredis.Redis | None = None
-        self._text = ""  # everything written so far
         self._pending: list[str] = []  # written since the last send
-        self._offset = 0  # characters relayed so far
-        self._bytes = 0  # their UTF-8 length: what the Redis string must hold
+        self._relayed = ""  # sent so far
+        self._bytes = 0  # its UTF-8 length: what the Redis string must hold
         self._wake = asyncio.Event()
         self._closing = False
         self._broken = False
         self._task: asyncio.Task[None] | None = None
 
     def add(self, piece: str) -> None:
-        if not piece or self._broken:
-            return
-        self._text += piece
-        if self._task is not None:
+        """A new piece: sent if relaying, else nothing (``activate`` gets the text so far)."""
+        if piece and self._task is not None and not self._broken:
             self._pending.append(piece)
             self._wake.set()
 
-    def activate(self) -> None:
-        """A page in another process follows the answer: relay what is written, then each
-        piece as it comes."""
+    def activate(self, written: str) -> None:
+        """A page in another process follows the answer: relay what is ``written`` so far,
+        then each piece as it comes."""
         if self._task is not None or self._broken or self._closing:
             return
         try:
@@ -87,7 +84,7 @@ class RelayWriter:
         except ValueError as exc:  # REDIS_URL is not a Redis URL
             self._give_up(exc)
             return
-        self._pending = [self._text] if self._text else []
+        self._pending = [written] if written else []
         self._task = asyncio.get_running_loop().create_task(self._pump())
         self._wake.set()
 
@@ -121,24 +118,23 @@ class RelayWriter:
             text = "".join(self._pending)
             self._pending.clear()
             if text:
-                size = len(text.encode())
-                message = json.dumps({"o": self._offset, "t": text})
+                message = json.dumps({"o": len(self._relayed), "t": text})
                 try:
                     async with self._redis.pipeline(transaction=True) as pipe:
-                        if self._offset:
+                        if self._relayed:
                             pipe.append(key, text)
                         else:  # replaces a text left under this id (a database reset since)
                             pipe.set(key, text)
                         pipe.expire(key, CONTENT_TTL_S)
                         pipe.publish(topic, message)
                         stored = (await pipe.execute())[0]
-                    self._offset += len(text)
-                    self._bytes += size
-                    if self._offset > len(text) and stored != self._bytes:
+                    appended = bool(self._relayed)
+                    self._relayed += text
+                    self._bytes += len(text.encode())
+                    if appended and stored != self._bytes:
                         # Redis lost the string (restarted): the append made a new one of the
                         # last piece alone. Put the whole text back.
-                        done = self._text[: self._offset]
-                        await self._redis.set(key, done, ex=CONTENT_TTL_S)
+                        await self._redis.set(key, self._relayed, ex=CONTENT_TTL_S)
                 except (RedisError, OSError) as exc:
                     self._give_up(exc)
                     return
@@ -193,7 +189,7 @@ async def follow_relayed(
                     await heartbeat()
                     content, still_open = await saved()
                 for event in _advance(shown, 0, content):  # the database is ahead, or final
-                    shown = _shown_after(shown, event)
+                    shown = shown_after(shown, event)
                     yield event
                 if ended or not still_open:
                     return
@@ -216,7 +212,7 @@ async def follow_relayed(
                 else:  # the stored text is not whole (Redis restarted): wait for the database
                     continue
             for event in _advance(shown, offset, text):
-                shown = _shown_after(shown, event)
+                shown = shown_after(shown, event)
                 yield event
     finally:
         with contextlib.suppress(RedisError, OSError):
@@ -229,7 +225,8 @@ def _decoded(value: bytes | None) -> str | None:
     return value.decode() if value is not None else None
 
 
-def _shown_after(shown: str, event: Event) -> str:
+def shown_after(shown: str, event: Event) -> str:
+    """What a page shows after ``event``."""
     kind, text = event
     return text if kind == "reset" else shown + text
 

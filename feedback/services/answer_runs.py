@@ -17,7 +17,7 @@ import contextlib
 import contextvars
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
@@ -38,9 +38,15 @@ from feedback.inference.base import (
     PromptTooLong,
 )
 from feedback.models import Message, MessageStatus
-from feedback.services.answer_relay import RelayWriter, follow_relayed, relay_enabled
+from feedback.services.answer_relay import (
+    RelayWriter,
+    follow_relayed,
+    relay_enabled,
+    shown_after,
+)
 from feedback.services.chat import (
     ChatInputError,
+    do_cancel_answer,
     do_finish_answer,
     do_save_partial_answer,
     do_start_answer,
@@ -75,6 +81,14 @@ def watched_key(answer_id: int) -> str:
     """Refreshed by a stream in another process that follows this answer: the run that writes
     it counts that page as watching (see ``_should_stop``)."""
     return f"palmloop:answer-watched:{answer_id}"
+
+
+def stop_answers(answers: Iterable[Message]) -> None:
+    """Stop: a pending answer closes at once, a streaming one at its run's next check, in
+    whichever process runs it."""
+    for answer in answers:
+        request_stop(answer.pk)
+        do_cancel_answer(answer=answer)
 
 
 def request_stop(answer_id: int) -> None:
@@ -231,28 +245,24 @@ def _start(answer_id: int, client: ClientFactory) -> AnswerRun:
 async def _follow_elsewhere(answer_id: int) -> AsyncIterator[StreamEvent]:
     """A run in another process: its pieces as they are relayed through Redis, or its saved
     progress in the database when there is no Redis or it fails."""
+    shown: str | None = None  # what the page shows: the database takes over from there
     if relay_enabled():
 
         async def saved() -> tuple[str, bool]:
             answer = await Message.objects.aget(pk=answer_id)
             return answer.content, answer.is_open
 
-        shown: str | None = None  # what the page shows: the database takes over from there
         try:
             relayed = follow_relayed(answer_id, saved, lambda: _mark_watched(answer_id))
             async with aclosing(relayed) as events:
-                async for kind, text in events:
-                    shown = text if kind == "reset" else (shown or "") + text
-                    yield StreamEvent("reset" if kind == "reset" else "token", text)
+                async for event in events:
+                    shown = shown_after(shown or "", event)
+                    yield StreamEvent("reset" if event[0] == "reset" else "token", event[1])
             yield StreamEvent("done")
             return
         except (RedisError, OSError) as exc:
             log.warning("answer %s: following through Redis failed (%s)", answer_id, exc)
-        async with aclosing(_follow_from_database(answer_id, shown)) as followed:
-            async for event in followed:
-                yield event
-        return
-    async with aclosing(_follow_from_database(answer_id)) as followed:
+    async with aclosing(_follow_from_database(answer_id, shown)) as followed:
         async for event in followed:
             yield event
 
@@ -361,7 +371,7 @@ async def _write_answer(run: AnswerRun, client_factory: ClientFactory) -> None:
                         status = MessageStatus.CANCELLED
                         break
                     if relay is not None and run.watched_elsewhere:
-                        relay.activate()
+                        relay.activate(run.content)
                 if now - last_flush >= settings.STREAM_FLUSH_S:
                     last_flush = now
                     await _in_db_thread(do_save_partial_answer)(

@@ -7,6 +7,7 @@ user's conversation or message is a 404.
 from __future__ import annotations
 
 from collections.abc import Callable
+from http import HTTPStatus
 
 from django.contrib import messages as flash
 from django.core.paginator import Paginator
@@ -22,11 +23,10 @@ from django_ratelimit.core import is_ratelimited
 from feedback.inference.factory import get_inference_client
 from feedback.models import ChatLimits, Conversation, Message, MessageRole, Persona
 from feedback.roles import Role, role_required
-from feedback.services.answer_runs import request_stop, start_answer_soon
+from feedback.services.answer_runs import start_answer_soon, stop_answers
 from feedback.services.chat import (
     ChatInputError,
     conversations_of,
-    do_cancel_answer,
     do_delete_conversation,
     do_edit_user_message,
     do_regenerate,
@@ -42,7 +42,7 @@ from feedback.services.chat_tree import thread_entries
 TOO_FAST = "You are sending too fast; wait a minute."
 # Input the user can fix: htmx swaps these responses in (base.html's htmx-config), where a 400
 # would be dropped (or, with DEBUG, shown by django-htmx as a whole-page error).
-UNPROCESSABLE = 422
+UNPROCESSABLE = HTTPStatus.UNPROCESSABLE_ENTITY
 
 
 def _conversation(request: HttpRequest, conversation_id: int) -> Conversation:
@@ -216,9 +216,7 @@ def show(request: HttpRequest, conversation_id: int, message_id: int) -> HttpRes
 
 
 def _stopped(request: HttpRequest, conversation_id: int, answers: list[Message]) -> HttpResponse:
-    for answer in answers:
-        request_stop(answer.pk)
-        do_cancel_answer(answer=answer)
+    stop_answers(answers)
     if request.htmx:
         return HttpResponse(status=204)
     return redirect("chat", conversation_id=conversation_id)

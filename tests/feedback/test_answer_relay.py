@@ -101,7 +101,7 @@ def test_a_follower_gets_what_was_written_then_each_piece_as_it_comes(
         # The follower marked the answer watched; the run sees it and starts relaying.
         assert await answer_runs._should_stop(answer_runs.AnswerRun(answer_id)) == ""
         sent_at = [time.monotonic()]
-        writer.activate()
+        writer.activate("Rivers carve ")  # what the run has written
         await until(lambda: shown(events) == "Rivers carve ")
         for piece in ("valleys", " over", " time."):
             sent_at.append(time.monotonic())
@@ -178,7 +178,7 @@ def test_a_follower_whose_redis_connection_drops_still_shows_the_whole_answer(
 
     async def scenario() -> list[tuple[float, StreamEvent]]:
         writer = RelayWriter(answer_id)
-        writer.activate()
+        writer.activate("")
         events: list[tuple[float, StreamEvent]] = []
         following = asyncio.create_task(follow(answer_id, events))
         writer.add("Before the restart.")
@@ -242,7 +242,7 @@ def test_a_string_redis_lost_is_written_whole_again(streaming_answer: int, redis
     async def scenario() -> None:
         writer = RelayWriter(answer_id)
         writer.add("Rivers carve ")
-        writer.activate()
+        writer.activate("Rivers carve ")
         await until(lambda: store.get(content_key(answer_id)) == b"Rivers carve ")
         store.delete(content_key(answer_id))
         writer.add("valleys.")

@@ -177,9 +177,11 @@ async def through_stack(
             )
             sent.raise_for_status()
             send_s = time.perf_counter() - started
+            # The answer's first words may ride on the send's response (the page shows them).
+            body = re.search(r'class="body streaming" id="msg-\d+-body">([^<]*)<', sent.text)
+            first = send_s if body and body.group(1) else None
             stream_url = re.search(r'sse-connect="([^"]+)"', sent.text)
             assert stream_url, sent.text[:500]
-            first = None
             pieces = tokens = 0
             event = ""
             async with http.stream("GET", stream_url.group(1)) as response:
@@ -189,8 +191,8 @@ async def through_stack(
                         event = line[len("event: ") :]
                         pieces += event == "token"
                     elif event in ("reset", "token") and line.startswith("data: ") and line[6:]:
-                        # The first text on screen: written before the stream opened (it comes
-                        # in the opening "reset"), or the first "token" after.
+                        # The first text on screen, if the send's response had none: written
+                        # before the stream opened (in the opening "reset"), or the first "token".
                         first = first or time.perf_counter() - started
                     elif event == "done" and (count := re.search(r"(\d+) tokens", line)):
                         tokens = int(count.group(1))  # from the finished message's footer

@@ -16,8 +16,10 @@ import asyncio
 import contextlib
 import contextvars
 import logging
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
@@ -25,7 +27,7 @@ from typing import Any, Literal, TypeVar
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.core.cache import cache
-from django.db import close_old_connections, transaction
+from django.db import close_old_connections, connections, transaction
 from redis.exceptions import RedisError
 
 from feedback.inference.base import (
@@ -114,6 +116,15 @@ class AnswerRun:
     claimed_elsewhere: bool = False
     # A page that another process serves follows this run (see ``answer_relay``).
     watched_elsewhere: bool = False
+    # Set at the first piece, or when the run ends without one (see ``text_once_begun``).
+    begun: threading.Event = field(default_factory=threading.Event)
+
+    def text_once_begun(self, timeout: float) -> str:
+        """From any thread: the text written so far, once the first piece is written or the run
+        has ended, or "" if neither happens within ``timeout`` seconds. A send's response
+        carries it, so the answer's first words do not wait for the page to open its stream."""
+        self.begun.wait(timeout)
+        return self.content
 
     def publish(self, event: StreamEvent) -> None:
         for queue in self.watchers:
@@ -149,25 +160,30 @@ def serve_streams_from(loop: asyncio.AbstractEventLoop | None) -> None:
     _serving_loop = loop
 
 
-def start_answer_soon(answer_id: int, client: ClientFactory) -> None:
+def start_answer_soon(answer_id: int, client: ClientFactory) -> AnswerRun | None:
     """Start writing a new pending answer now, before its page opens the stream (from any
-    thread, once the creating transaction commits). Without a serving loop, or with
-    ``CHAT_START_ON_SEND`` off, the answer waits for its first stream as before."""
+    thread, once the creating transaction commits), and return its run. Without a serving
+    loop, or with ``CHAT_START_ON_SEND`` off, the answer waits for its first stream as before
+    (None)."""
     loop = _serving_loop
     if loop is None or loop.is_closed() or not settings.CHAT_START_ON_SEND:
-        return
+        return None
+    run = AnswerRun(answer_id)
 
     def schedule() -> None:
         # A loop closed since (shutting down): the answer waits for a stream, or the sweep.
         with contextlib.suppress(RuntimeError):
-            loop.call_soon_threadsafe(_start_if_idle, answer_id, client)
+            loop.call_soon_threadsafe(_start_if_idle, run, client)
 
     transaction.on_commit(schedule)
+    return run
 
 
-def _start_if_idle(answer_id: int, client: ClientFactory) -> None:
-    if answer_id not in _runs:
-        _start(answer_id, client)
+def _start_if_idle(run: AnswerRun, client: ClientFactory) -> None:
+    if run.answer_id in _runs:  # a page's stream started it first: nothing to wait for here
+        run.begun.set()
+    else:
+        _start(run.answer_id, client, run)
 
 
 def _claim_answer(answer_id: int, client: InferenceClient) -> ChatGenerationRequest | None:
@@ -231,8 +247,8 @@ async def watch_answer(answer_id: int, client: ClientFactory) -> AsyncIterator[S
                 yield event
 
 
-def _start(answer_id: int, client: ClientFactory) -> AnswerRun:
-    run = AnswerRun(answer_id)
+def _start(answer_id: int, client: ClientFactory, run: AnswerRun | None = None) -> AnswerRun:
+    run = run or AnswerRun(answer_id)
     _runs[answer_id] = run
     # A context of its own: the run outlives the request that started it, and asgiref ties
     # sync_to_async calls to the executor of the request whose context they run in.
@@ -314,10 +330,20 @@ async def _should_stop(run: AnswerRun) -> str:
     return ""
 
 
-def _in_db_thread(work: Callable[..., T]) -> Callable[..., Awaitable[T]]:
-    """``work`` on Django's sync thread, the way a request runs: a connection found broken
-    (the database restarted) or past ``CONN_MAX_AGE`` is replaced first, and released after.
-    A run belongs to no request, so nothing else would ever do that for its connection."""
+# The runs' database work, on threads of their own (each with its connection): never queued
+# behind a request's sync code, and free while a send waits for its answer's first piece
+# (``AnswerRun.text_once_begun``), whichever thread that send runs on. Several, so that answers
+# sent together are claimed together; each answer keeps to one, so its calls stay in order.
+_RUNS_DB_THREADS = tuple(
+    ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"answer-runs-db-{i}") for i in range(4)
+)
+
+
+def _in_db_thread(answer_id: int, work: Callable[..., T]) -> Callable[..., Awaitable[T]]:
+    """``work`` for ``answer_id`` on its runs' database thread, the way a request runs: a
+    connection found broken (the database restarted) or past ``CONN_MAX_AGE`` is replaced
+    first, and released after. A run belongs to no request, so nothing else would ever do that
+    for its connection."""
 
     def within_connection_rules(*args: Any, **kwargs: Any) -> T:
         close_old_connections()
@@ -326,7 +352,15 @@ def _in_db_thread(work: Callable[..., T]) -> Callable[..., Awaitable[T]]:
         finally:
             close_old_connections()
 
-    return sync_to_async(within_connection_rules)
+    executor = _RUNS_DB_THREADS[answer_id % len(_RUNS_DB_THREADS)]
+    return sync_to_async(within_connection_rules, thread_sensitive=False, executor=executor)
+
+
+def close_run_connections() -> None:
+    """Close the database connections of the runs' threads (before a test database is
+    dropped: they are kept open between calls)."""
+    for executor in _RUNS_DB_THREADS:
+        executor.submit(connections.close_all).result()
 
 
 def _set_model_version(answer_id: int, model_version: str) -> None:
@@ -342,10 +376,10 @@ async def _write_answer(run: AnswerRun, client_factory: ClientFactory) -> None:
     relay: RelayWriter | None = None  # to streams in other web processes
     try:
         client = await sync_to_async(client_factory, thread_sensitive=False)()
-        request = await _in_db_thread(_claim_answer)(run.answer_id, client)
+        request = await _in_db_thread(run.answer_id, _claim_answer)(run.answer_id, client)
         if request is None:  # stopped before it started, or taken by another process
             ours = False  # closed already, or written there: nothing to record here
-            answer = await _in_db_thread(Message.objects.get)(pk=run.answer_id)
+            answer = await _in_db_thread(run.answer_id, Message.objects.get)(pk=run.answer_id)
             run.claimed_elsewhere = answer.status == MessageStatus.STREAMING
             return
         last_flush = last_check = time.monotonic()
@@ -360,6 +394,7 @@ async def _write_answer(run: AnswerRun, client_factory: ClientFactory) -> None:
                 if first_token_ms is None:
                     first_token_ms = int((time.monotonic() - started) * 1000)
                 run.content += item
+                run.begun.set()
                 run.publish(StreamEvent("token", item))
                 if relay is not None:
                     relay.add(item)
@@ -374,7 +409,7 @@ async def _write_answer(run: AnswerRun, client_factory: ClientFactory) -> None:
                         relay.activate(run.content)
                 if now - last_flush >= settings.STREAM_FLUSH_S:
                     last_flush = now
-                    await _in_db_thread(do_save_partial_answer)(
+                    await _in_db_thread(run.answer_id, do_save_partial_answer)(
                         answer_id=run.answer_id, content=run.content
                     )
         finally:
@@ -394,7 +429,7 @@ async def _write_answer(run: AnswerRun, client_factory: ClientFactory) -> None:
     finally:
         try:
             if ours:
-                await _in_db_thread(do_finish_answer)(
+                await _in_db_thread(run.answer_id, do_finish_answer)(
                     answer_id=run.answer_id,
                     status=status,
                     content=run.content,
@@ -406,12 +441,15 @@ async def _write_answer(run: AnswerRun, client_factory: ClientFactory) -> None:
                     error=error,
                 )
             if finished is not None:
-                await _in_db_thread(_set_model_version)(run.answer_id, finished.model_version)
+                await _in_db_thread(run.answer_id, _set_model_version)(
+                    run.answer_id, finished.model_version
+                )
             await cache.adelete(stop_key(run.answer_id))
         except Exception:  # the database or cache is down: the start-up sweep closes it later
             log.exception("answer %s: could not record its end", run.answer_id)
         finally:  # the pages are told in any case, and the run is forgotten
             run.finished = True
+            run.begun.set()
             run.publish(StreamEvent("done"))
             if _runs.get(run.answer_id) is run:
                 del _runs[run.answer_id]

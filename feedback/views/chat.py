@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from http import HTTPStatus
 
+from django.conf import settings
 from django.contrib import messages as flash
 from django.core.paginator import Paginator
 from django.db.models import Q
@@ -55,10 +56,18 @@ def _message(request: HttpRequest, conversation_id: int, message_id: int) -> Mes
 
 
 def _thread_context(
-    conversation: Conversation, error: str = "", limits: ChatLimits | None = None
+    conversation: Conversation,
+    error: str = "",
+    limits: ChatLimits | None = None,
+    written: dict[int, str] | None = None,
 ) -> dict[str, object]:
+    """``written``: open answers' text as their runs hold it, ahead of what was saved."""
     entries = [{"message": m, "siblings": s} for m, s in thread_entries(conversation)]
     path = [entry["message"] for entry in entries]
+    for message in path:
+        text = (written or {}).get(message.pk, "")
+        if message.is_open and text.startswith(message.content):
+            message.content = text
     dropped = next((m.dropped_turns for m in reversed(path) if m.role == "assistant"), 0)
     return {
         "conversation": conversation,
@@ -77,13 +86,15 @@ def _thread(
     limits: ChatLimits | None = None,
     *,
     retitled: bool = False,
+    written: dict[int, str] | None = None,
 ) -> HttpResponse:
     """The message thread alone for htmx, or the whole page otherwise. ``retitled``: the
     title goes along out of band (a first message names the conversation). Only then: htmx
     looks for an out-of-band target from the element that sent the request, and a button on
-    an answer that finished meanwhile has been replaced, so the title would not be found."""
+    an answer that finished meanwhile has been replaced, so the title would not be found.
+    ``written``: see ``_thread_context``."""
     if request.htmx:
-        context = _thread_context(conversation, error, limits)
+        context = _thread_context(conversation, error, limits, written)
         response = render_to_string("feedback/chat.html#thread", context, request)
         if retitled:
             oob = {**context, "oob": True}
@@ -167,9 +178,14 @@ def _answer_anew(
         answer = create(limits)
     except ChatInputError as exc:
         return _thread(request, conversation, str(exc), limits)
-    start_answer_soon(answer.pk, get_inference_client)
+    run = start_answer_soon(answer.pk, get_inference_client)
+    written: dict[int, str] = {}
+    if run is not None and request.htmx:
+        # The answer's first words ride on this response (a prefill, milliseconds): the page
+        # shows them without waiting to open the stream, which then goes on from there.
+        written[answer.pk] = run.text_once_begun(settings.CHAT_SEND_WAITS_FOR_ANSWER_S)
     retitled = answer.conversation.title != title  # a first message names the conversation
-    return _thread(request, answer.conversation, limits=limits, retitled=retitled)
+    return _thread(request, answer.conversation, limits=limits, retitled=retitled, written=written)
 
 
 @role_required(Role.USER)

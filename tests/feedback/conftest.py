@@ -12,6 +12,7 @@ from django.core.cache import cache
 from django.db import connections
 
 from feedback.inference.factory import reset_inference_client
+from feedback.services.answer_runs import close_run_connections
 
 
 @pytest.fixture(autouse=True)
@@ -23,10 +24,12 @@ def empty_cache() -> Iterator[None]:
 
 @pytest.fixture(autouse=True)
 def close_sync_thread_connections() -> Iterator[None]:
-    """Async views reach the database from asgiref's sync thread; close that thread's
-    connections after each test, so the test database can be dropped at the end."""
+    """Async views reach the database from asgiref's sync thread, answer runs from their own
+    threads; close those threads' connections after each test, so the test database can be
+    dropped at the end."""
     yield
     asyncio.run(sync_to_async(connections.close_all)())
+    close_run_connections()
 
 
 @pytest.fixture

@@ -4,6 +4,8 @@ where ``webapp.asgi`` declares the loop that serves the streams)."""
 from __future__ import annotations
 
 import asyncio
+import html
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,6 +37,7 @@ from feedback.services.chat import (
     do_send_message,
     do_start_answer,
 )
+from feedback.views import chat as chat_views
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -46,17 +49,22 @@ def conversation() -> Iterator[Conversation]:
     serve_streams_from(None)
 
 
-async def send_and_wait(conversation: Conversation, *, wait_s: float) -> Message:
-    """Send through the view with this test's loop serving streams; no page opens a stream.
-    Returns the answer once it closes, or as it stands after ``wait_s``."""
+async def post_send(conversation: Conversation, text: str = "Tell me about the river.") -> str:
+    """Send through the view (htmx) with this test's loop serving streams; the response's
+    page fragment."""
     serve_streams_from(asyncio.get_running_loop())
     client = await logged_in_client(conversation.owner)
     response = await client.post(
-        reverse("chat_send", args=[conversation.pk]),
-        {"text": "Tell me about the river."},
-        headers={"HX-Request": "true"},
+        reverse("chat_send", args=[conversation.pk]), {"text": text}, headers={"HX-Request": "true"}
     )
     assert response.status_code == 200
+    return str(response.content.decode())
+
+
+async def send_and_wait(conversation: Conversation, *, wait_s: float) -> Message:
+    """Send; no page opens a stream. Returns the answer once it closes, or as it stands after
+    ``wait_s``."""
+    await post_send(conversation)
     answer = await Message.objects.aget(conversation=conversation, role="assistant")
     deadline = time.monotonic() + wait_s
     while answer.is_open and time.monotonic() < deadline:
@@ -80,6 +88,69 @@ def test_the_answer_is_written_before_any_page_watches(
     assert [kind for kind, _ in events] == ["reset", "done"]
     assert events[0][1] == escape(answer.content)
     assert f'id="msg-{answer.pk}"' in events[1][1]
+
+
+def _answer_on_screen(page: str, answer: Message) -> tuple[str, str]:
+    """(status class, text) of ``answer`` as a response's thread shows it."""
+    article = re.search(rf'class="msg assistant status-(\w+)" id="msg-{answer.pk}"', page)
+    body = re.search(rf'id="msg-{answer.pk}-body">([^<]*)<', page)
+    assert article and body, page
+    return article.group(1), html.unescape(body.group(1))
+
+
+def test_the_send_response_carries_the_answers_first_words(policy: Path, settings: Any) -> None:
+    """The page shows the answer's first words with the sent message, before it opens the
+    stream, which goes on from there."""
+    conversation = ConversationFactory(temperature=0.0, max_new_tokens=400)
+
+    async def scenario() -> str:
+        page = await post_send(conversation)
+        answer = await Message.objects.aget(conversation=conversation, role="assistant")
+        body = await read_stream(conversation, answer)  # the page's stream, to the end
+        assert parse_events([body])[-1][0] == "done"
+        return page
+
+    try:
+        page = asyncio.run(scenario())
+    finally:
+        serve_streams_from(None)
+    answer = Message.objects.get(conversation=conversation, role="assistant")
+    status, first_words = _answer_on_screen(page, answer)
+    assert status == "streaming" and first_words
+    assert answer.status == MessageStatus.COMPLETE and answer.content.startswith(first_words)
+    assert len(answer.content) > len(first_words)
+
+
+def test_a_send_does_not_wait_long_for_a_slow_model(
+    policy: Path, settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The model takes longer than the wait: the send answers without the first words, and
+    the answer is written all the same."""
+    settings.CHAT_SEND_WAITS_FOR_ANSWER_S = 0.2
+    conversation = ConversationFactory(temperature=0.0, max_new_tokens=16)
+
+    def slow_client() -> InferenceClient:
+        time.sleep(2.0)  # a policy still loading
+        return get_inference_client()
+
+    monkeypatch.setattr(chat_views, "get_inference_client", slow_client)
+
+    async def scenario() -> tuple[str, float]:
+        started = time.monotonic()
+        page = await post_send(conversation, "Hello")
+        took = time.monotonic() - started
+        answer = await Message.objects.aget(conversation=conversation, role="assistant")
+        await read_stream(conversation, answer)
+        return page, took
+
+    try:
+        page, took = asyncio.run(scenario())
+    finally:
+        serve_streams_from(None)
+    answer = Message.objects.get(conversation=conversation, role="assistant")
+    assert took < 1.5, f"the send waited {took:.2f}s for a model that takes 2s"
+    assert _answer_on_screen(page, answer) == ("pending", "")
+    assert answer.status == MessageStatus.COMPLETE and answer.content
 
 
 def test_with_start_on_send_off_the_answer_waits_for_its_page(
@@ -146,7 +217,7 @@ def test_runs_survive_a_database_restart(policy: Path, conversation: Conversatio
 
     async def write_the_second() -> None:
         # straight to the run: the test client's own requests would use the dropped connection
-        answer_runs._start_if_idle(second_id, get_inference_client)
+        answer_runs._start(second_id, get_inference_client)
         await asyncio.wait_for(answer_runs._runs[second_id].task, 60)  # type: ignore[arg-type]
 
     asyncio.run(write_the_second())

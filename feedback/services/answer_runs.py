@@ -188,7 +188,7 @@ def _start_if_idle(run: AnswerRun, client: ClientFactory) -> None:
 
 def _claim_answer(answer_id: int, client: InferenceClient) -> ChatGenerationRequest | None:
     """Load the answer's conversation path, fit it to the context and mark the answer
-    streaming: one trip to Django's sync thread, which the first token waits on. None when the
+    streaming: one trip to the runs' database thread, which the first token waits on. None when the
     answer is no longer pending (stopped, or taken by another process)."""
     answer = Message.objects.select_related("conversation").get(pk=answer_id)
     path = path_to(answer)
@@ -251,7 +251,8 @@ def _start(answer_id: int, client: ClientFactory, run: AnswerRun | None = None) 
     run = run or AnswerRun(answer_id)
     _runs[answer_id] = run
     # A context of its own: the run outlives the request that started it, and asgiref ties
-    # sync_to_async calls to the executor of the request whose context they run in.
+    # thread-sensitive calls (the cache's) to the executor of the request whose context they
+    # run in.
     run.task = asyncio.get_running_loop().create_task(
         _write_answer(run, client), context=contextvars.Context()
     )
@@ -315,7 +316,7 @@ async def _follow_from_database(
 
 async def _should_stop(run: AnswerRun) -> str:
     """Why the run must stop now, or "" to go on. The cache is read in a worker thread, not
-    Django's one sync thread, which the database work of every other answer queues on."""
+    Django's one sync thread, where a request's sync code may be running (or waiting)."""
     if run.stop_requested:
         return "stopped"
     keys = [stop_key(run.answer_id), watched_key(run.answer_id)]
@@ -394,7 +395,14 @@ async def _write_answer(run: AnswerRun, client_factory: ClientFactory) -> None:
                 if first_token_ms is None:
                     first_token_ms = int((time.monotonic() - started) * 1000)
                 run.content += item
-                run.begun.set()
+                if not run.begun.is_set():
+                    # Saved before the send is told: a page whose stream another process
+                    # serves opens with at least the words the send's response showed.
+                    await _in_db_thread(run.answer_id, do_save_partial_answer)(
+                        answer_id=run.answer_id, content=run.content
+                    )
+                    last_flush = time.monotonic()
+                    run.begun.set()
                 run.publish(StreamEvent("token", item))
                 if relay is not None:
                     relay.add(item)
@@ -444,7 +452,8 @@ async def _write_answer(run: AnswerRun, client_factory: ClientFactory) -> None:
                 await _in_db_thread(run.answer_id, _set_model_version)(
                     run.answer_id, finished.model_version
                 )
-            await cache.adelete(stop_key(run.answer_id))
+            # Not on Django's sync thread: a send waiting there for ``begun`` would hold it up.
+            await sync_to_async(cache.delete, thread_sensitive=False)(stop_key(run.answer_id))
         except Exception:  # the database or cache is down: the start-up sweep closes it later
             log.exception("answer %s: could not record its end", run.answer_id)
         finally:  # the pages are told in any case, and the run is forgotten

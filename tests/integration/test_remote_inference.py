@@ -22,6 +22,7 @@ from feedback.inference.factory import get_inference_client, reset_inference_cli
 from feedback.inference.local import LocalInferenceClient
 from feedback.inference.remote import RemoteInferenceClient
 from feedback.models import MessageStatus
+from feedback.services.answer_runs import close_run_connections
 from feedback.services.chat import do_send_message, do_update_sampling
 from model_runtime.tokenizer import ChatTokenizer
 
@@ -30,10 +31,12 @@ pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
 @pytest.fixture(autouse=True)
 def close_sync_thread_connections() -> Iterator[None]:
-    """The streams reach the database from asgiref's sync thread: close its connection after
-    each test, so the test database can be dropped at the end."""
+    """The streams reach the database from asgiref's sync thread, the answer runs from their
+    own threads: close those connections after each test, so the test database can be dropped
+    at the end."""
     yield
     asyncio.run(sync_to_async(connections.close_all)())
+    close_run_connections()
 
 
 @pytest.fixture

@@ -299,7 +299,7 @@ STREAM_FLUSH_S = env.float("STREAM_FLUSH_S", default=0.5)
 STREAM_STOP_CHECK_S = env.float("STREAM_STOP_CHECK_S", default=0.25)
 STREAM_RECONNECT_GRACE_S = env.float("STREAM_RECONNECT_GRACE_S", default=15.0)
 # Start writing an answer when it is sent, not when its page opens the stream (one web process
-# runs it; a stream served by another process follows it through the database).
+# runs it; a stream served by another process follows it through Redis, or the database).
 CHAT_START_ON_SEND = env.bool("CHAT_START_ON_SEND", default=True)
 # A send's response waits up to this long for its answer's first words and carries them, so the
 # page need not open the stream first (when the model is busy it answers without them).

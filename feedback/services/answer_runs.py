@@ -188,8 +188,8 @@ def _start_if_idle(run: AnswerRun, client: ClientFactory) -> None:
 
 def _claim_answer(answer_id: int, client: InferenceClient) -> ChatGenerationRequest | None:
     """Load the answer's conversation path, fit it to the context and mark the answer
-    streaming: one trip to the runs' database thread, which the first token waits on. None when the
-    answer is no longer pending (stopped, or taken by another process)."""
+    streaming: one trip to the runs' database thread, which the first token waits on. None
+    when the answer is no longer pending (stopped, or taken by another process)."""
     answer = Message.objects.select_related("conversation").get(pk=answer_id)
     path = path_to(answer)
     conversation = answer.conversation
@@ -392,10 +392,9 @@ async def _write_answer(run: AnswerRun, client_factory: ClientFactory) -> None:
                     finished = item
                     continue
                 item = storable(item)
+                run.content += item
                 if first_token_ms is None:
                     first_token_ms = int((time.monotonic() - started) * 1000)
-                run.content += item
-                if not run.begun.is_set():
                     # Saved before the send is told: a page whose stream another process
                     # serves opens with at least the words the send's response showed.
                     await _in_db_thread(run.answer_id, do_save_partial_answer)(

@@ -64,8 +64,9 @@ def _thread_context(
     """``written``: open answers' text as their runs hold it, ahead of what was saved."""
     entries = [{"message": m, "siblings": s} for m, s in thread_entries(conversation)]
     path = [entry["message"] for entry in entries]
+    written = written or {}
     for message in path:
-        text = (written or {}).get(message.pk, "")
+        text = written.get(message.pk, "")
         if message.is_open and text.startswith(message.content):
             message.content = text
     dropped = next((m.dropped_turns for m in reversed(path) if m.role == "assistant"), 0)

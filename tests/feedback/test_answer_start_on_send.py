@@ -90,6 +90,23 @@ def test_the_answer_is_written_before_any_page_watches(
     assert f'id="msg-{answer.pk}"' in events[1][1]
 
 
+def send_then_read_stream(
+    conversation: Conversation, text: str = "Tell me about the river."
+) -> tuple[str, bytes]:
+    """Send, then read the answer's stream to its end, as the page does: the send's page
+    fragment and the stream's body."""
+
+    async def scenario() -> tuple[str, bytes]:
+        page = await post_send(conversation, text)
+        answer = await Message.objects.aget(conversation=conversation, role="assistant")
+        return page, await read_stream(conversation, answer)
+
+    try:
+        return asyncio.run(scenario())
+    finally:
+        serve_streams_from(None)
+
+
 def _answer_on_screen(page: str, answer: Message) -> tuple[str, str]:
     """(status class, text) of ``answer`` as a response's thread shows it."""
     article = re.search(rf'class="msg assistant status-(\w+)" id="msg-{answer.pk}"', page)
@@ -103,18 +120,8 @@ def test_the_send_response_carries_the_answers_first_words(policy: Path, setting
     stream, which goes on from there."""
     settings.CHAT_SEND_WAITS_FOR_ANSWER_S = 30.0  # returns at the first piece: room for CI
     conversation = ConversationFactory(temperature=0.0, max_new_tokens=400)
-
-    async def scenario() -> str:
-        page = await post_send(conversation)
-        answer = await Message.objects.aget(conversation=conversation, role="assistant")
-        body = await read_stream(conversation, answer)  # the page's stream, to the end
-        assert parse_events([body])[-1][0] == "done"
-        return page
-
-    try:
-        page = asyncio.run(scenario())
-    finally:
-        serve_streams_from(None)
+    page, stream = send_then_read_stream(conversation)
+    assert parse_events([stream])[-1][0] == "done"
     answer = Message.objects.get(conversation=conversation, role="assistant")
     status, first_words = _answer_on_screen(page, answer)
     assert status == "streaming" and first_words
@@ -135,17 +142,7 @@ def test_a_send_does_not_wait_long_for_a_slow_model(
         return get_inference_client()
 
     monkeypatch.setattr(chat_views, "get_inference_client", slow_client)
-
-    async def scenario() -> str:
-        page = await post_send(conversation, "Hello")
-        answer = await Message.objects.aget(conversation=conversation, role="assistant")
-        await read_stream(conversation, answer)
-        return page
-
-    try:
-        page = asyncio.run(scenario())
-    finally:
-        serve_streams_from(None)
+    page, _ = send_then_read_stream(conversation, "Hello")
     answer = Message.objects.get(conversation=conversation, role="assistant")
     assert _answer_on_screen(page, answer) == ("pending", "")
     assert answer.status == MessageStatus.COMPLETE and answer.content

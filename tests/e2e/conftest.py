@@ -29,9 +29,11 @@ os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
 
 @pytest.fixture(scope="session")
 def browser_policy_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Bigger than the unit tests' policy, so a long answer lasts long enough to be stopped."""
+    """Bigger and with a longer context than the unit tests' policy, so that a long answer
+    (4,000 tokens: 15-30 s on one thread here) outlasts the steps a test takes before it stops
+    it, even on a loaded machine (2,000 tokens of a 4-layer model took under 4 s)."""
     return build_tiny_policy(
-        tmp_path_factory.mktemp("policy") / "e2e-v1", dim=128, depth=4, max_seq_len=2048
+        tmp_path_factory.mktemp("policy") / "e2e-v1", dim=128, depth=8, max_seq_len=4096
     )
 
 

@@ -34,7 +34,7 @@ def start_chatting(page: Page, username: str, **limits: int) -> None:
 
 
 def test_chat_end_to_end(page: Page) -> None:
-    start_chatting(page, "frank", max_new_tokens=2000, default_new_tokens=60)
+    start_chatting(page, "frank", max_new_tokens=4000, default_new_tokens=60)
     expect(page.get_by_role("heading", name="New conversation")).to_be_visible()
 
     # Enter sends; the answer streams in piece by piece and ends as a finished message.
@@ -62,7 +62,7 @@ def test_chat_end_to_end(page: Page) -> None:
 
     # A long answer, stopped part-way: the text written so far stays, marked as stopped.
     page.locator("summary", has_text="Answer settings").click()
-    page.get_by_label("Max tokens").fill("2000")
+    page.get_by_label("Max tokens").fill("4000")
     page.locator("#chat-settings").get_by_role("button", name="Save").click()
     # On a phone: while the answer is written, Stop takes Send's place in the composer.
     page.set_viewport_size({"width": 390, "height": 844})

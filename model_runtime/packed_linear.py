@@ -9,7 +9,14 @@ for 8 rows (a 7040 x 768 weight, 1 thread), as fast for 256 rows, with bit-ident
 
 :func:`linear` takes that path only where it is sound and useful: bf16 input and weight on a CPU
 whose oneDNN has bf16 kernels, and no autograd (packed products have no backward). Everything else
-(float32, CUDA, training) is plain ``F.linear``. :func:`linear_sum` adds up several products with
+(float32, CUDA, training) is plain ``F.linear``.
+
+oneDNN computes bf16 natively only where the CPU has AVX512-BF16 or AMX (:mod:`cpu_features`);
+elsewhere it emulates it, and a many-row bf16 product (a prefill) ran 3-3.5x slower than the same
+product in float32 (a 2-core AVX-512 Xeon without BF16; 1 row, memory-bound, was still 1.3x
+faster in bf16 with half the bytes to read). On such CPUs a product of at least
+:data:`FLOAT32_FROM_ROWS` rows runs in float32 against a float32 copy of the weights, made on first
+use like a packed copy, and returns bf16. :func:`linear_sum` adds up several products with
 one output (PaLM's attention and feed-forward output projections) as one product over the
 concatenated inputs and weights: one pass over the weights instead of several, and for small
 weights the fixed cost of a call, which dominates at one row, is paid once.
@@ -22,18 +29,22 @@ same storage. Every in-place change made through a weight or a view of it (optim
 ``torch.inference_mode`` have no version counter, so they are never packed. A change that
 bypasses the counter (writing through ``weight.data``; fused optimizers, which the trainer does
 not use, and which only ever update float32 training weights here) must be followed by
-:func:`forget_packed`. A packed copy is a second copy of its weights in memory, freed with them.
+:func:`forget_packed`. A packed copy is a second copy of its weights in memory, freed with
+them; a float32 copy costs twice the bf16 weights, and exists only on CPUs without native bf16,
+for weights that met a many-row product.
 """
 
 from __future__ import annotations
 
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cache
 
 import torch
 import torch.nn.functional as F
+
+from model_runtime.cpu_features import native_bf16_cpu
 
 
 @dataclass(frozen=True)
@@ -41,7 +52,8 @@ class _Packed:
     sources: tuple[torch.Tensor, ...]  # aliases of the weights: keep storage alive, share versions
     # what each weight was when packed: version, data pointer, shape, strides
     states: tuple[tuple[int, int, torch.Size, tuple[int, ...]], ...]
-    packed: torch.Tensor  # oneDNN-layout copy of the weights concatenated along the input axis
+    # oneDNN-layout (or float32) copy of the weights concatenated along the input axis
+    packed: torch.Tensor
 
     def holds(self, weights: Sequence[torch.Tensor]) -> bool:
         """Whether this copy was packed from ``weights`` as they are now."""
@@ -79,9 +91,17 @@ class _PackedTable:
                 del self._entries[key]
 
 
-# Single weights and sums live apart, so a weight used both alone and first in a sum keeps both.
+# Single weights and sums live apart, so a weight used both alone and first in a sum keeps both;
+# float32 copies live apart from packed ones.
 _SINGLE = _PackedTable()
 _SUMS = _PackedTable()
+_SINGLE_FLOAT32 = _PackedTable()
+_SUMS_FLOAT32 = _PackedTable()
+_TABLES = (_SINGLE, _SUMS, _SINGLE_FLOAT32, _SUMS_FLOAT32)
+
+# On a CPU without native bf16, products of at least this many rows run in float32. A decode step
+# (one row per sequence) stays in packed bf16 up to a batch of 15.
+FLOAT32_FROM_ROWS = 16
 
 
 @cache
@@ -93,9 +113,18 @@ def _bf16_kernels() -> bool:
         return False
 
 
+def _in_float32(x: torch.Tensor) -> bool:
+    """Whether a product with ``x`` (bf16, ..., in) runs in float32: many rows, emulated bf16."""
+    return x.numel() >= FLOAT32_FROM_ROWS * x.shape[-1] and not native_bf16_cpu()
+
+
 def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """``F.linear(x, weight)``: x (..., in), weight (out, in) -> (..., out)."""
-    packed = _packed_for((x,), (weight,), _SINGLE)
+    if _in_float32(x):
+        wide = _packed_for((x,), (weight,), _SINGLE_FLOAT32, _float32_copy)
+        if wide is not None:
+            return F.linear(x.float(), wide).to(x.dtype)
+    packed = _packed_for((x,), (weight,), _SINGLE, _onednn_copy)
     if packed is None:
         return F.linear(x, weight)
     return _product(x, packed)
@@ -107,7 +136,12 @@ def linear_sum(inputs: Sequence[torch.Tensor], weights: Sequence[torch.Tensor]) 
     with the weights concatenated along their input axis (summed in float32, rounded once)."""
     if len(inputs) != len(weights) or not inputs:
         raise ValueError(f"need one weight per input, got {len(inputs)} and {len(weights)}")
-    packed = _packed_for(inputs, weights, _SUMS)
+    if _in_float32(inputs[0]):
+        wide = _packed_for(inputs, weights, _SUMS_FLOAT32, _float32_copy)
+        if wide is not None:
+            together = torch.cat(tuple(inputs), dim=-1).float()
+            return F.linear(together, wide).to(inputs[0].dtype)
+    packed = _packed_for(inputs, weights, _SUMS, _onednn_copy)
     if packed is None:
         out = F.linear(inputs[0], weights[0])
         for x, w in zip(inputs[1:], weights[1:], strict=True):
@@ -122,10 +156,10 @@ def uses_packed(x: torch.Tensor, weight: torch.Tensor) -> bool:
 
 
 def forget_packed(weight: torch.Tensor | None = None) -> None:
-    """Drop the packed copies made from ``weight`` (from every weight when None); they are
-    rebuilt on next use."""
-    _SINGLE.forget(weight)
-    _SUMS.forget(weight)
+    """Drop the packed and float32 copies made from ``weight`` (from every weight when None);
+    they are rebuilt on next use."""
+    for table in _TABLES:
+        table.forget(weight)
 
 
 def _packable_inputs(inputs: Sequence[torch.Tensor], weights: Sequence[torch.Tensor]) -> bool:
@@ -148,11 +182,24 @@ def _packable_weight(weight: torch.Tensor) -> bool:
     )
 
 
+def _onednn_copy(weights: torch.Tensor) -> torch.Tensor:
+    packed: torch.Tensor = torch.ops.mkldnn._reorder_linear_weight(weights, 1)
+    return packed
+
+
+def _float32_copy(weights: torch.Tensor) -> torch.Tensor:
+    return weights.float()  # weights that pass _packable_weight are bf16: always a new tensor
+
+
 def _packed_for(
-    inputs: Sequence[torch.Tensor], weights: Sequence[torch.Tensor], table: _PackedTable
+    inputs: Sequence[torch.Tensor],
+    weights: Sequence[torch.Tensor],
+    table: _PackedTable,
+    make: Callable[[torch.Tensor], torch.Tensor],
 ) -> torch.Tensor | None:
-    """The packed copy of ``weights`` (concatenated along the input axis) when the packed path
-    applies to these inputs, made now if there is none or a weight changed; else None."""
+    """The copy of ``weights`` (concatenated along the input axis) that ``make`` builds, when the
+    packed path applies to these inputs; made now if there is none or a weight changed; else
+    None."""
     if not _packable_inputs(inputs, weights):
         return None
     entry = table.get(weights[0])
@@ -163,7 +210,7 @@ def _packed_for(
     with torch.no_grad():
         sources = tuple(w.detach() for w in weights)
         whole = sources[0] if len(sources) == 1 else torch.cat(sources, dim=1)
-        packed: torch.Tensor = torch.ops.mkldnn._reorder_linear_weight(whole, 1)
+        packed = make(whole)
     states = tuple(_state(w) for w in weights)
     table.put(weights[0], _Packed(sources=sources, states=states, packed=packed))
     return packed

@@ -24,7 +24,8 @@ from typing import Any, Literal, get_args, get_origin
 from model_runtime.config import CONFIG_FORMAT_VERSION, PaLMConfig
 
 Stage = Literal["pretrain", "sft"]
-Precision = Literal["bf16", "fp32"]
+Precision = Literal["auto", "bf16", "fp32"]
+ComputePrecision = Literal["bf16", "fp32"]  # what "auto" resolves to on a device
 
 
 @dataclass(frozen=True)
@@ -68,7 +69,9 @@ class TrainConfig:
     beta2: float = 0.95
     eps: float = 1e-8
     grad_clip: float | None = 1.0  # max global L2 norm of the gradient; None = no clipping
-    precision: Precision = "bf16"  # bf16 = torch.autocast (weights and optimizer stay fp32)
+    # bf16 = torch.autocast (weights and optimizer stay fp32); auto = bf16 where the device
+    # computes it natively, else fp32 (training.step.resolve_precision)
+    precision: Precision = "auto"
     train_last_blocks: int | None = None  # train only the last N blocks; None = everything
     sft_packing: bool = True  # several conversations per row (EOS between) instead of one
     save_every: int = 0  # optimizer steps between checkpoints; 0 = only at the end

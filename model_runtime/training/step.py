@@ -1,5 +1,6 @@
 """The pieces of one optimizer step, shared by the trainer and ``bench/training.py``.
 
+- :func:`resolve_precision`: what ``"auto"`` precision means on a device.
 - :func:`autocast`: bf16 ``torch.autocast`` (matmuls in bf16, weights and optimizer in fp32).
 - :func:`lm_loss_sum`: summed next-token cross-entropy over the labelled positions, from logits.
 - :func:`linear_cross_entropy_sum` / :class:`CausalLMLoss`: the same loss straight from the
@@ -20,12 +21,28 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from model_runtime.cpu_features import native_bf16_cpu
 from model_runtime.palm import PaLM
-from model_runtime.training.config import Precision
+from model_runtime.training.config import ComputePrecision, Precision
 from model_runtime.training.data import IGNORE_INDEX
 
 
-def autocast(device: torch.device, precision: Precision) -> contextlib.AbstractContextManager[Any]:
+def resolve_precision(precision: Precision, device: torch.device) -> ComputePrecision:
+    """``"auto"``: bf16 where ``device`` computes it natively (a CUDA device that supports it, a
+    CPU with AVX512-BF16 or AMX), fp32 elsewhere, where emulated bf16 trains slower than fp32.
+    Other values as given."""
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    if device.type == "cpu":
+        return "bf16" if native_bf16_cpu() else "fp32"
+    return "fp32"
+
+
+def autocast(
+    device: torch.device, precision: ComputePrecision
+) -> contextlib.AbstractContextManager[Any]:
     """bf16 autocast on ``device`` for ``precision == "bf16"``, a no-op context for fp32."""
     if precision == "fp32":
         return contextlib.nullcontext()
@@ -150,7 +167,7 @@ class CausalLMLoss(nn.Module):
     whole forward pass, the output projection included. inputs, labels: (B, T) int64.
     """
 
-    def __init__(self, model: PaLM, precision: Precision) -> None:
+    def __init__(self, model: PaLM, precision: ComputePrecision) -> None:
         super().__init__()
         self.model = model
         self.precision = precision

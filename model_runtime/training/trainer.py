@@ -48,7 +48,7 @@ from model_runtime.palm import PaLM
 from model_runtime.tokenizer import ChatTokenizer
 from model_runtime.training import data as data_lib
 from model_runtime.training import state as state_lib
-from model_runtime.training.config import TrainConfig
+from model_runtime.training.config import ComputePrecision, TrainConfig
 from model_runtime.training.data import Batch, BatchOrder, TokenRows
 from model_runtime.training.distributed import (
     DistributedContext,
@@ -61,7 +61,12 @@ from model_runtime.training.distributed import (
 from model_runtime.training.inputs import TrainingData, load_tokenizer, load_training_data
 from model_runtime.training.schedule import WarmupCosine
 from model_runtime.training.state import ResumeError
-from model_runtime.training.step import CausalLMLoss, build_adamw, freeze_all_but_last_blocks
+from model_runtime.training.step import (
+    CausalLMLoss,
+    build_adamw,
+    freeze_all_but_last_blocks,
+    resolve_precision,
+)
 
 __all__ = ["EvalResult", "ResumeError", "TrainResult", "Trainer", "run_training"]
 
@@ -104,6 +109,7 @@ class _Parts:
     tokenizer: ChatTokenizer
     data: TrainingData
     order: BatchOrder
+    precision: ComputePrecision  # the config's, "auto" resolved on this device
 
 
 class Trainer:
@@ -175,7 +181,8 @@ class Trainer:
         if config.train_last_blocks is not None:
             freeze_all_but_last_blocks(model, config.train_last_blocks)
         model.train()
-        train_model = wrap_model(CausalLMLoss(model, config.precision), context)
+        precision = resolve_precision(config.precision, context.device)
+        train_model = wrap_model(CausalLMLoss(model, precision), context)
         if config.compile:
             train_model = torch.compile(train_model)  # type: ignore[assignment]
         optimizer = build_adamw(
@@ -193,6 +200,7 @@ class Trainer:
             tokenizer=tokenizer,
             data=data,
             order=BatchOrder(len(data.train), config.batch_size, config.seed),
+            precision=precision,
         )
         latest = state_lib.read_latest(self.output_dir)
         if config.resume and latest is not None:
@@ -328,7 +336,7 @@ class Trainer:
         if config.eval_batches is not None:
             batches = min(batches, config.eval_batches)
         sums = torch.zeros(2, dtype=torch.float64)  # loss sum, labelled positions
-        loss_of = CausalLMLoss(model, config.precision)
+        loss_of = CausalLMLoss(model, parts.precision)
         was_training = model.training
         model.eval()
         with torch.no_grad():
@@ -358,7 +366,11 @@ class Trainer:
     # --- checkpoints --------------------------------------------------------------------
 
     def _metrics_summary(self) -> dict[str, Any]:
-        metrics: dict[str, Any] = {"step": self.step, "stage": self.config.stage}
+        metrics: dict[str, Any] = {
+            "step": self.step,
+            "stage": self.config.stage,
+            "precision": self.parts.precision,
+        }
         if self.last_eval is not None:
             metrics.update(
                 eval_loss=self.last_eval.loss,

@@ -1,4 +1,5 @@
-"""Packed bf16 linear layers: same products as F.linear, and never a stale copy of a weight."""
+"""Packed bf16 linear layers: same products as F.linear, and never a stale copy of a weight; on
+a CPU without native bf16, many-row products in float32 with the same guarantees."""
 
 from __future__ import annotations
 
@@ -21,6 +22,22 @@ needs_bf16_kernels = pytest.mark.skipif(
 BF16_ATOL = 0.1
 
 
+@pytest.fixture(params=["native", "emulated"])
+def bf16_arithmetic(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Each test under both kinds of CPU: bf16 in hardware, where every product is packed bf16,
+    and bf16 emulated, where (for these small tensors) products of 2 rows or more run in float32
+    and one-row products stay packed."""
+    native = request.param == "native"
+    monkeypatch.setattr(packed_linear, "native_bf16_cpu", lambda: native)
+    monkeypatch.setattr(packed_linear, "FLOAT32_FROM_ROWS", 2)
+    return str(request.param)
+
+
+def _held_copies(emulated: bool) -> int:
+    table = packed_linear._SINGLE_FLOAT32 if emulated else packed_linear._SINGLE
+    return len(table._entries)
+
+
 def _weight(rows: int = 24, cols: int = 16, seed: int = 0) -> torch.nn.Parameter:
     generator = torch.Generator().manual_seed(seed)
     return torch.nn.Parameter(torch.randn(rows, cols, generator=generator).bfloat16())
@@ -33,19 +50,26 @@ def _input(*shape: int, seed: int = 1) -> torch.Tensor:
 
 @needs_bf16_kernels
 @pytest.mark.parametrize("shape", [(1, 16), (3, 16), (2, 1, 16), (2, 5, 16)])
-def test_packed_product_equals_f_linear(shape: tuple[int, ...]) -> None:
+def test_packed_product_equals_f_linear(shape: tuple[int, ...], bf16_arithmetic: str) -> None:
     weight, x = _weight(), _input(*shape)
+    in_float32 = bf16_arithmetic == "emulated" and x.numel() > x.shape[-1]
+    held = _held_copies(in_float32)
     with torch.inference_mode():
         assert uses_packed(x, weight)
         out = linear(x, weight)
         again = linear(x, weight)  # from the held copy
+    assert _held_copies(in_float32) == held + 1
     expected = F.linear(x, weight.detach())
-    assert out.shape == expected.shape == (*shape[:-1], 24)
+    assert out.shape == expected.shape == (*shape[:-1], 24) and out.dtype == torch.bfloat16
     torch.testing.assert_close(out, expected, atol=BF16_ATOL, rtol=0)
     assert torch.equal(out, again)
+    if in_float32:  # one float32 product, rounded once
+        wide = F.linear(x.float(), weight.detach().float()).bfloat16()
+        torch.testing.assert_close(out, wide, atol=1e-2, rtol=1e-2)
 
 
 @needs_bf16_kernels
+@pytest.mark.usefixtures("bf16_arithmetic")
 def test_sum_of_products_is_one_product_over_concatenations() -> None:
     w1, w2 = _weight(24, 16, seed=0), _weight(24, 40, seed=2)
     x1, x2 = _input(2, 3, 16, seed=3), _input(2, 3, 40, seed=4)
@@ -88,6 +112,7 @@ def _changes() -> list[tuple[str, Callable[[torch.nn.Parameter], None]]]:
 
 
 @needs_bf16_kernels
+@pytest.mark.usefixtures("bf16_arithmetic")
 @pytest.mark.parametrize("change", [c for _, c in _changes()], ids=[n for n, _ in _changes()])
 def test_a_changed_weight_is_repacked(change: Callable[[torch.nn.Parameter], None]) -> None:
     weight, other = _weight(), _weight(24, 8, seed=5)
@@ -110,6 +135,7 @@ def test_a_changed_weight_is_repacked(change: Callable[[torch.nn.Parameter], Non
 
 
 @needs_bf16_kernels
+@pytest.mark.usefixtures("bf16_arithmetic")
 def test_forget_packed_drops_a_copy_changed_behind_the_version_counter() -> None:
     weight, x = _weight(), _input(2, 16)
     with torch.inference_mode():
@@ -135,15 +161,16 @@ def test_training_float32_and_inference_tensors_take_the_plain_path() -> None:
 
 
 @needs_bf16_kernels
-def test_a_packed_copy_goes_with_its_weight() -> None:
-    held = len(packed_linear._SINGLE._entries)
+def test_a_packed_copy_goes_with_its_weight(bf16_arithmetic: str) -> None:
+    emulated = bf16_arithmetic == "emulated"
+    held = _held_copies(emulated)
     weight = _weight()
     with torch.inference_mode():
         linear(_input(2, 16), weight)
-    assert len(packed_linear._SINGLE._entries) == held + 1
+    assert _held_copies(emulated) == held + 1
     del weight
     gc.collect()
-    assert len(packed_linear._SINGLE._entries) == held
+    assert _held_copies(emulated) == held
 
 
 def _decode_logits(model: PaLM, tokens: torch.Tensor) -> torch.Tensor:
@@ -164,6 +191,7 @@ def _unpacked_copy(model: PaLM) -> PaLM:
 
 
 @needs_bf16_kernels
+@pytest.mark.usefixtures("bf16_arithmetic")
 def test_bf16_model_packed_matches_unpacked_and_follows_training(tiny_model: PaLM) -> None:
     model = tiny_model.to(torch.bfloat16)
     tokens = torch.randint(0, model.config.vocab_size, (2, 9), generator=torch.Generator())

@@ -15,6 +15,7 @@ from model_runtime.checkpoints import load_checkpoint
 from model_runtime.training.cli import add_train_parser, main
 from model_runtime.training.config import TrainConfig
 from model_runtime.training.state import read_metrics
+from model_runtime.training.step import resolve_precision
 from model_runtime.training.trainer import ResumeError, Trainer
 
 STEPS = 8
@@ -134,6 +135,8 @@ def test_evaluation_reports_loss_and_perplexity_over_the_held_out_targets(
     assert [r["step"] for r in evals] == [1, 2]
     meta = json.loads((Path(config.output_dir) / "final" / "meta.json").read_text())
     assert meta["metrics"]["eval_loss"] == pytest.approx(result.loss)
+    # "auto" precision, resolved for this CPU, is recorded with the model
+    assert meta["metrics"]["precision"] == resolve_precision("auto", torch.device("cpu"))
 
 
 def test_command_line_trains_from_a_config_file(

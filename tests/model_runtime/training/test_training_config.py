@@ -35,7 +35,7 @@ def test_reads_a_file_fills_defaults_and_round_trips(tmp_path: Path) -> None:
     config = TrainConfig.from_file(write(tmp_path, MINIMAL))
     assert config.output_dir == Path("var/train/x")
     assert config.train_files == ("data/*.jsonl",)
-    assert (config.grad_accum_steps, config.precision, config.grad_clip) == (1, "bf16", 1.0)
+    assert (config.grad_accum_steps, config.precision, config.grad_clip) == (1, "auto", 1.0)
     assert config.tokens_per_step == 8 * 64
     assert TrainConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
     model = config.model_config(vocab_size=300)

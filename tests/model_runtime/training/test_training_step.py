@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from model_runtime.palm import PaLM
+from model_runtime.training import step
 from model_runtime.training.data import IGNORE_INDEX
 from model_runtime.training.step import (
     CausalLMLoss,
@@ -17,6 +18,7 @@ from model_runtime.training.step import (
     linear_cross_entropy_sum,
     lm_loss_sum,
     parameter_groups,
+    resolve_precision,
 )
 
 
@@ -55,6 +57,17 @@ def test_freezing_leaves_only_the_last_blocks_in_the_optimizer(
     assert in_optimizer == set(trainable)
     with pytest.raises(ValueError, match=r"last 1\.\.3 blocks"):
         freeze_all_but_last_blocks(model, 4)
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_precision_is_bf16_only_where_the_cpu_computes_it(
+    native: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(step, "native_bf16_cpu", lambda: native)
+    cpu = torch.device("cpu")
+    assert resolve_precision("auto", cpu) == ("bf16" if native else "fp32")
+    assert resolve_precision("bf16", cpu) == "bf16"  # asked for: as given, native or not
+    assert resolve_precision("fp32", cpu) == "fp32"
 
 
 def test_bf16_autocast_runs_matmuls_in_bf16_and_fp32_is_plain(

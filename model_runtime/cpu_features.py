@@ -1,0 +1,33 @@
+"""What the CPU computes in hardware, for the choices that depend on it.
+
+bf16 is fast on a CPU only where it is native: x86 AVX512-BF16 or AMX, where oneDNN's bf16
+matmuls ran ~4x float32. Elsewhere oneDNN emulates it, and a compute-bound bf16 matmul ran 2.4x
+slower than float32 (a 2-core AVX-512 Xeon without BF16: 44 against 107 GFLOP/s at 1024^3).
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+
+_NATIVE_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
+
+
+@cache
+def native_bf16_cpu() -> bool:
+    """Whether this machine's CPU multiplies bf16 in hardware (read once)."""
+    return cpu_has_native_bf16(Path("/proc/cpuinfo"))
+
+
+def cpu_has_native_bf16(cpuinfo: Path) -> bool:
+    """Whether ``cpuinfo`` (Linux's ``/proc/cpuinfo``) lists an x86 flag of hardware bf16.
+    Only x86 is asked: without that file or its x86 ``flags`` line (another OS, ARM), bf16
+    counts as native, which keeps bf16 wherever a caller asks for it."""
+    try:
+        with cpuinfo.open(encoding="ascii", errors="replace") as info:
+            flags = next((line for line in info if line.startswith("flags")), None)
+    except OSError:
+        return True
+    if flags is None:
+        return True
+    return bool(_NATIVE_BF16_FLAGS & set(flags.split()))

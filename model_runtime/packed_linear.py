@@ -120,6 +120,8 @@ def _in_float32(x: torch.Tensor) -> bool:
 
 def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """``F.linear(x, weight)``: x (..., in), weight (out, in) -> (..., out)."""
+    if not _packable_inputs((x,), (weight,)):  # first: training and torch.compile stop here
+        return F.linear(x, weight)
     if _in_float32(x):
         wide = _packed_for((x,), (weight,), _SINGLE_FLOAT32, _float32_copy)
         if wide is not None:
@@ -136,6 +138,8 @@ def linear_sum(inputs: Sequence[torch.Tensor], weights: Sequence[torch.Tensor]) 
     with the weights concatenated along their input axis (summed in float32, rounded once)."""
     if len(inputs) != len(weights) or not inputs:
         raise ValueError(f"need one weight per input, got {len(inputs)} and {len(weights)}")
+    if not _packable_inputs(inputs, weights):
+        return _plain_sum(inputs, weights)
     if _in_float32(inputs[0]):
         wide = _packed_for(inputs, weights, _SUMS_FLOAT32, _float32_copy)
         if wide is not None:
@@ -143,11 +147,15 @@ def linear_sum(inputs: Sequence[torch.Tensor], weights: Sequence[torch.Tensor]) 
             return F.linear(together, wide).to(inputs[0].dtype)
     packed = _packed_for(inputs, weights, _SUMS, _onednn_copy)
     if packed is None:
-        out = F.linear(inputs[0], weights[0])
-        for x, w in zip(inputs[1:], weights[1:], strict=True):
-            out = out + F.linear(x, w)
-        return out
+        return _plain_sum(inputs, weights)
     return _product(torch.cat(tuple(inputs), dim=-1), packed)
+
+
+def _plain_sum(inputs: Sequence[torch.Tensor], weights: Sequence[torch.Tensor]) -> torch.Tensor:
+    out = F.linear(inputs[0], weights[0])
+    for x, w in zip(inputs[1:], weights[1:], strict=True):
+        out = out + F.linear(x, w)
+    return out
 
 
 def uses_packed(x: torch.Tensor, weight: torch.Tensor) -> bool:
@@ -197,11 +205,9 @@ def _packed_for(
     table: _PackedTable,
     make: Callable[[torch.Tensor], torch.Tensor],
 ) -> torch.Tensor | None:
-    """The copy of ``weights`` (concatenated along the input axis) that ``make`` builds, when the
-    packed path applies to these inputs; made now if there is none or a weight changed; else
-    None."""
-    if not _packable_inputs(inputs, weights):
-        return None
+    """The copy of ``weights`` (concatenated along the input axis) that ``make`` builds, for
+    inputs that passed :func:`_packable_inputs`; made now if there is none or a weight changed;
+    None when a weight cannot be packed."""
     entry = table.get(weights[0])
     if entry is not None and entry.holds(weights):
         return entry.packed  # a held copy implies the weights passed _packable_weight

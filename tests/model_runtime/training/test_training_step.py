@@ -124,3 +124,15 @@ def test_causal_lm_loss_equals_the_models_own_logits(make_model: Callable[..., P
         expected = lm_loss_sum(logits, labels)
         got = CausalLMLoss(model, precision)(inputs, labels)
         assert torch.allclose(got, expected, rtol=tolerance / 10, atol=tolerance), precision
+
+
+def test_compiled_training_never_breaks_its_graph_in_packed_linear(
+    make_model: Callable[..., PaLM],
+) -> None:
+    """Training takes packed_linear's plain path, decided before anything torch.compile cannot
+    trace (the CPU's flags are read from a file)."""
+    inputs = torch.randint(0, 64, (2, 16), generator=torch.Generator().manual_seed(0))
+    explanation = torch._dynamo.explain(CausalLMLoss(make_model(), "bf16"))(inputs, inputs)
+    frames = [frame.filename for reason in explanation.break_reasons for frame in reason.user_stack]
+    assert frames, "the rotary tables' .item() breaks the graph: this test must see breaks"
+    assert not [name for name in frames if name.endswith("packed_linear.py")]

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import ConsoleMessage
+from playwright.sync_api import ConsoleMessage, expect
 from servicekit import clean_env, database_url_for_children, need_service, uvicorn_server
 from tiny_policy import build_tiny_policy
 
@@ -21,6 +21,10 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
+
+# A loaded CI machine runs these pages 2-3x slower than an idle one: assertions wait up to 15 s
+# (Playwright's default, 5 s, once ran out while the first answer was still on its way).
+expect.set_options(timeout=15_000)
 
 # Playwright's sync API runs an event loop in this thread; the ORM calls the tests make
 # between browser steps are still plain synchronous code.

@@ -126,6 +126,7 @@ def test_causal_lm_loss_equals_the_models_own_logits(make_model: Callable[..., P
         assert torch.allclose(got, expected, rtol=tolerance / 10, atol=tolerance), precision
 
 
+@pytest.mark.filterwarnings("ignore:Dynamo detected a call to a `functools.lru_cache`")
 def test_compiled_training_never_breaks_its_graph_in_packed_linear(
     make_model: Callable[..., PaLM],
 ) -> None:

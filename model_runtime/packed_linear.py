@@ -123,10 +123,10 @@ def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     if not _packable_inputs((x,), (weight,)):  # first: training and torch.compile stop here
         return F.linear(x, weight)
     if _in_float32(x):
-        wide = _packed_for((x,), (weight,), _SINGLE_FLOAT32, _float32_copy)
+        wide = _copy_for((x,), (weight,), _SINGLE_FLOAT32, _float32_copy)
         if wide is not None:
             return F.linear(x.float(), wide).to(x.dtype)
-    packed = _packed_for((x,), (weight,), _SINGLE, _onednn_copy)
+    packed = _copy_for((x,), (weight,), _SINGLE, _onednn_copy)
     if packed is None:
         return F.linear(x, weight)
     return _product(x, packed)
@@ -141,11 +141,11 @@ def linear_sum(inputs: Sequence[torch.Tensor], weights: Sequence[torch.Tensor]) 
     if not _packable_inputs(inputs, weights):
         return _plain_sum(inputs, weights)
     if _in_float32(inputs[0]):
-        wide = _packed_for(inputs, weights, _SUMS_FLOAT32, _float32_copy)
+        wide = _copy_for(inputs, weights, _SUMS_FLOAT32, _float32_copy)
         if wide is not None:
             together = torch.cat(tuple(inputs), dim=-1).float()
             return F.linear(together, wide).to(inputs[0].dtype)
-    packed = _packed_for(inputs, weights, _SUMS, _onednn_copy)
+    packed = _copy_for(inputs, weights, _SUMS, _onednn_copy)
     if packed is None:
         return _plain_sum(inputs, weights)
     return _product(torch.cat(tuple(inputs), dim=-1), packed)
@@ -199,7 +199,7 @@ def _float32_copy(weights: torch.Tensor) -> torch.Tensor:
     return weights.float()  # weights that pass _packable_weight are bf16: always a new tensor
 
 
-def _packed_for(
+def _copy_for(
     inputs: Sequence[torch.Tensor],
     weights: Sequence[torch.Tensor],
     table: _PackedTable,

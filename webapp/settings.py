@@ -122,11 +122,24 @@ DATABASES = {
     "default": env.db_url("DATABASE_URL", default=f"sqlite:///{VAR_DIR / 'palmloop.sqlite3'}")
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
-    # Persistent connections, checked before each request reuses them.
-    DATABASES["default"]["CONN_MAX_AGE"] = env.int("DATABASE_CONN_MAX_AGE", default=60)
+    # A pool of connections shared by the process's threads. Under ASGI every request runs its
+    # sync code on a thread of its own, so a persistent connection (CONN_MAX_AGE), which belongs
+    # to one thread, was never reused: each request opened one (a quarter of a chat send's
+    # time) and left it to the garbage collector. Each connection is checked before it is lent;
+    # after a database restart the pool waits 1 s, then 2, before it tries the next idle one,
+    # so idle connections beyond two are closed after a minute (max_idle).
+    DATABASES["default"]["CONN_MAX_AGE"] = 0  # connections go back to the pool
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
-    DATABASES["default"].setdefault("OPTIONS", {})["connect_timeout"] = env.int(
-        "DATABASE_CONNECT_TIMEOUT", default=5
+    DATABASES["default"].setdefault("OPTIONS", {}).update(
+        {
+            "connect_timeout": env.int("DATABASE_CONNECT_TIMEOUT", default=5),
+            "pool": {
+                "min_size": env.int("DATABASE_POOL_MIN", default=2),
+                "max_size": env.int("DATABASE_POOL_MAX", default=40),
+                "timeout": env.float("DATABASE_POOL_TIMEOUT_S", default=10.0),
+                "max_idle": env.float("DATABASE_POOL_MAX_IDLE_S", default=60.0),
+            },
+        }
     )
 else:
     DATABASES["default"].setdefault("OPTIONS", {}).update(
@@ -151,6 +164,9 @@ if REDIS_URL:
         "default": {
             "BACKEND": "django.core.cache.backends.redis.RedisCache",
             "LOCATION": REDIS_URL,
+            # One pool for the process: each request's thread gets its own cache object, which
+            # would otherwise open a connection of its own.
+            "OPTIONS": {"pool_class": "webapp.redis_pool.SharedConnectionPool"},
         }
     }
 else:

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from contextlib import aclosing
 
 from asgiref.sync import sync_to_async
+from django.db import connection
 from django.http import Http404, HttpRequest, HttpResponse, StreamingHttpResponse
 from django.template.loader import render_to_string
 from django.utils.html import escape
@@ -31,15 +32,13 @@ def sse(event: str, data: str) -> bytes:
 def _render_done(message_id: int, request: HttpRequest) -> str:
     """The finished message, rendered with the page's request: its forms (regenerate, edit)
     carry the page's CSRF token like the rest of the page."""
-    message = Message.objects.select_related("conversation").get(pk=message_id)
-    return render_to_string(
-        "feedback/chat.html#message",
-        {
-            "entry": {"message": message, "siblings": sibling_position(message)},
-            "conversation": message.conversation,
-        },
-        request,
-    )
+    try:
+        message = Message.objects.select_related("conversation").get(pk=message_id)
+        entry = {"message": message, "siblings": sibling_position(message)}
+    finally:
+        _release_connection()
+    context = {"entry": entry, "conversation": message.conversation}
+    return render_to_string("feedback/chat.html#message", context, request)
 
 
 async def _events(message_id: int, request: HttpRequest) -> AsyncIterator[bytes]:
@@ -58,14 +57,24 @@ async def _events(message_id: int, request: HttpRequest) -> AsyncIterator[bytes]
 def _may_watch(request: HttpRequest, conversation_id: int, message_id: int) -> bool:
     """Whether the visitor owns this answer (one trip to the sync thread for the session, the
     user, the roles and the answer: the first token waits on it)."""
-    user = request.user
-    if not user.is_authenticated or not has_role(user, Role.USER):
-        return False
-    return Message.objects.filter(
-        pk=message_id,
-        role="assistant",
-        conversation__in=conversations_of(user).filter(pk=conversation_id),  # type: ignore[arg-type]
-    ).exists()
+    try:
+        user = request.user
+        if not user.is_authenticated or not has_role(user, Role.USER):
+            return False
+        return Message.objects.filter(
+            pk=message_id,
+            role="assistant",
+            conversation__in=conversations_of(user).filter(pk=conversation_id),  # type: ignore[arg-type]
+        ).exists()
+    finally:
+        _release_connection()
+
+
+def _release_connection() -> None:
+    """Back to the pool now: a request keeps its connection until it ends, and a stream lasts
+    as long as its answer. (Not inside a transaction: a test's, for one.)"""
+    if not connection.in_atomic_block:
+        connection.close()
 
 
 @require_GET

@@ -6,10 +6,13 @@ import asyncio
 import re
 import time
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
+from django.db import connection
+from django.test import RequestFactory
 from django.urls import reverse
 from factories import ConversationFactory
 from sse_streams import logged_in_client, open_stream, parse_events
@@ -20,6 +23,7 @@ from feedback.inference.factory import get_inference_client
 from feedback.models import Conversation, Message, MessageStatus
 from feedback.services.answer_runs import BUSY_MESSAGE, StreamEvent, watch_answer
 from feedback.services.chat import do_send_message, do_update_sampling
+from feedback.views import chat_stream
 from model_runtime.sampling import SamplingParams
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -201,3 +205,21 @@ def test_model_output_with_a_nul_byte_is_kept(settings: Any) -> None:
     assert answer.status == MessageStatus.COMPLETE, answer.error
     assert answer.content == "Tab\N{REPLACEMENT CHARACTER}le."
     assert "\x00" not in "".join(e.text for e in events)
+
+
+def test_the_stream_hands_its_database_connection_back_before_streaming() -> None:
+    """A stream lasts as long as its answer: the connection its checks used goes back to the
+    pool at once, and so does the one that renders the finished message."""
+    conversation, answer = new_turn()
+    request = RequestFactory().get("/")
+    request.user = conversation.owner
+
+    def in_a_request_thread() -> tuple[bool, bool, bool]:
+        allowed = chat_stream._may_watch(request, conversation.pk, answer.pk)
+        released_after_check = connection.connection is None
+        chat_stream._render_done(answer.pk, request)
+        return allowed, released_after_check, connection.connection is None
+
+    with ThreadPoolExecutor(max_workers=1) as thread:
+        allowed, after_check, after_render = thread.submit(in_a_request_thread).result()
+    assert allowed and after_check and after_render

@@ -15,7 +15,9 @@ django.setup()
 db = settings.DATABASES["default"]
 print(json.dumps({
     "engine": db["ENGINE"], "name": str(db["NAME"]), "host": db.get("HOST", ""),
-    "health_checks": db.get("CONN_HEALTH_CHECKS", False),
+    "health_checks": db.get("CONN_HEALTH_CHECKS", False), "max_age": db.get("CONN_MAX_AGE"),
+    "pool": db.get("OPTIONS", {}).get("pool"),
+    "cache_options": settings.CACHES["default"].get("OPTIONS", {}),
     "broker": settings.CELERY_BROKER_URL, "backend": settings.CELERY_RESULT_BACKEND,
     "transport_options": settings.CELERY_BROKER_TRANSPORT_OPTIONS,
     "cache": settings.CACHES["default"]["BACKEND"], "debug": settings.DEBUG,
@@ -65,6 +67,11 @@ def test_urls_switch_to_postgres_and_redis(tmp_path: Path) -> None:
     assert s["engine"] == "django.db.backends.postgresql"
     assert s["name"] == "palmloop" and s["host"] == "db.internal"
     assert s["health_checks"] is True
+    # One pool of connections per process (a thread's persistent connection is never reused
+    # under ASGI, where each request runs on a thread of its own); Django refuses both at once.
+    assert s["max_age"] == 0
+    assert s["pool"] == {"min_size": 2, "max_size": 40, "timeout": 10.0, "max_idle": 60.0}
+    assert s["cache_options"] == {"pool_class": "webapp.redis_pool.SharedConnectionPool"}
     assert s["broker"] == "redis://cache.internal:6380/2"
     assert s["backend"] == "redis://cache.internal:6380/2"
     assert s["cache"] == "django.core.cache.backends.redis.RedisCache"

@@ -60,6 +60,9 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 EventKind = Literal["reset", "token", "done"]
+# A stream following another process's run waits at most this long for the words its page
+# already shows to be saved (they are, milliseconds after the send's response).
+SAVED_WAIT_S = 5.0
 BUSY_MESSAGE = "The model is busy right now; try again in a moment."
 
 
@@ -215,11 +218,15 @@ def _claim_answer(answer_id: int, client: InferenceClient) -> ChatGenerationRequ
     )
 
 
-async def watch_answer(answer_id: int, client: ClientFactory) -> AsyncIterator[StreamEvent]:
+async def watch_answer(
+    answer_id: int, client: ClientFactory, shown: int = 0
+) -> AsyncIterator[StreamEvent]:
     """Events for one page: everything so far, then new pieces, then "done".
 
     ``client`` is called only when this process has to write the answer (loading a policy is
-    slow and may fail; a failure closes the answer with the reason).
+    slow and may fail; a failure closes the answer with the reason). ``shown``: how many
+    characters of the answer the page already shows (the send's response carries the first
+    words): a stream that follows another process's run opens with no fewer.
     """
     run = _runs.get(answer_id)
     if run is None:
@@ -228,7 +235,7 @@ async def watch_answer(answer_id: int, client: ClientFactory) -> AsyncIterator[S
         if run is None and answer.status == MessageStatus.PENDING:
             run = _start(answer_id, client)
         elif run is None and answer.status == MessageStatus.STREAMING:
-            async with aclosing(_follow_elsewhere(answer_id)) as followed:
+            async with aclosing(_follow_elsewhere(answer_id, shown)) as followed:
                 async for event in followed:
                     yield event
             return
@@ -242,7 +249,7 @@ async def watch_answer(answer_id: int, client: ClientFactory) -> AsyncIterator[S
                 break
             yield event
     if run.claimed_elsewhere:  # written by another process: follow it there
-        async with aclosing(_follow_elsewhere(answer_id)) as followed:
+        async with aclosing(_follow_elsewhere(answer_id, shown)) as followed:
             async for event in followed:
                 yield event
 
@@ -259,9 +266,11 @@ def _start(answer_id: int, client: ClientFactory, run: AnswerRun | None = None) 
     return run
 
 
-async def _follow_elsewhere(answer_id: int) -> AsyncIterator[StreamEvent]:
+async def _follow_elsewhere(answer_id: int, shown_chars: int = 0) -> AsyncIterator[StreamEvent]:
     """A run in another process: its pieces as they are relayed through Redis, or its saved
-    progress in the database when there is no Redis or it fails."""
+    progress in the database when there is no Redis or it fails. Not before the database holds
+    the ``shown_chars`` the page shows (see ``_wait_until_saved``)."""
+    await _wait_until_saved(answer_id, shown_chars)
     shown: str | None = None  # what the page shows: the database takes over from there
     if relay_enabled():
 
@@ -282,6 +291,19 @@ async def _follow_elsewhere(answer_id: int) -> AsyncIterator[StreamEvent]:
     async with aclosing(_follow_from_database(answer_id, shown)) as followed:
         async for event in followed:
             yield event
+
+
+async def _wait_until_saved(answer_id: int, chars: int) -> None:
+    """Wait (``SAVED_WAIT_S`` at most) until the answer's saved text has ``chars`` characters,
+    or it is closed. The run tells the send its first words before it saves them, so a page
+    can show words that another process does not see yet; opening with less would wipe them
+    from the page until they came again."""
+    deadline = time.monotonic() + SAVED_WAIT_S
+    while chars > 0:
+        answer = await Message.objects.aget(pk=answer_id)
+        if len(answer.content) >= chars or not answer.is_open or time.monotonic() > deadline:
+            return
+        await asyncio.sleep(0.02)
 
 
 async def _mark_watched(answer_id: int) -> None:
@@ -404,13 +426,13 @@ async def _write_answer(run: AnswerRun, client_factory: ClientFactory) -> None:
                 run.content += item
                 if first_token_ms is None:
                     first_token_ms = int((time.monotonic() - started) * 1000)
-                    # Saved before the send is told: a page whose stream another process
-                    # serves opens with at least the words the send's response showed.
+                    run.begun.set()  # the send's response carries these words: not a moment later
+                    # Saved at once: a stream that another process serves waits for it
+                    # (``_wait_until_saved``), so that it opens with the words the page shows.
                     await _in_db_thread(run.answer_id, do_save_partial_answer)(
                         answer_id=run.answer_id, content=run.content
                     )
                     last_flush = time.monotonic()
-                    run.begun.set()
                 run.publish(StreamEvent("token", item))
                 if relay is not None:
                     relay.add(item)

@@ -23,6 +23,8 @@ from feedback.services.answer_runs import StreamEvent, watch_answer
 from feedback.services.chat import conversations_of
 from feedback.services.chat_tree import sibling_position
 
+MAX_SHOWN = 1_000_000
+
 
 def sse(event: str, data: str) -> bytes:
     lines = data.split("\n")
@@ -41,12 +43,19 @@ def _render_done(message_id: int, request: HttpRequest) -> str:
     return render_to_string("feedback/chat.html#message", context, request)
 
 
+def _shown(request: HttpRequest) -> int:
+    """How many characters of the answer the page shows already (``?shown=``; 0 if absent or
+    not a small whole number)."""
+    value = request.GET.get("shown", "")
+    return min(int(value), MAX_SHOWN) if value.isdigit() and len(value) <= 9 else 0
+
+
 async def _events(message_id: int, request: HttpRequest) -> AsyncIterator[bytes]:
     # A comment line first, so proxies and the browser see the stream open at once.
     yield b": stream open\n\n"
     event: StreamEvent
     # aclosing: a closed page must unsubscribe at once, not when the generator is collected.
-    async with aclosing(watch_answer(message_id, get_inference_client)) as events:
+    async with aclosing(watch_answer(message_id, get_inference_client, _shown(request))) as events:
         async for event in events:
             if event.kind == "done":
                 yield sse("done", await sync_to_async(_render_done)(message_id, request))

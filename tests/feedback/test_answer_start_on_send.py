@@ -312,3 +312,36 @@ def test_a_stop_before_the_run_claims_its_answer_wins(
     answer = Message.objects.get(pk=answer_id)
     assert answer.status == MessageStatus.CANCELLED and answer.finish_reason == "stopped"
     assert answer.content == "" and answer.completion_tokens is None
+
+
+def test_a_stream_elsewhere_opens_with_no_fewer_words_than_its_page_shows(
+    conversation: Conversation, settings: Any
+) -> None:
+    """The run tells the send its first words before it saves them: a stream that follows it
+    from another process waits for that save, rather than opening with less and wiping from
+    the page the words the send's response showed."""
+    settings.STREAM_FLUSH_S = 0.05
+    answer_id = do_send_message(conversation=conversation, text="Hello").answer.pk
+    do_start_answer(answer_id=answer_id, model_version="", dropped_turns=0)  # runs elsewhere
+
+    async def scenario() -> list[StreamEvent]:
+        async def the_other_process_saves_then_finishes() -> None:
+            await asyncio.sleep(0.3)
+            await sync_to_async(do_save_partial_answer)(answer_id=answer_id, content="First words")
+            await asyncio.sleep(0.2)
+            await sync_to_async(do_finish_answer)(
+                answer_id=answer_id, status=MessageStatus.COMPLETE, content="First words, more."
+            )
+
+        writing = asyncio.create_task(the_other_process_saves_then_finishes())
+        shown = len("First words")  # what the send's response showed
+        events = [e async for e in watch_answer(answer_id, get_inference_client, shown)]
+        await writing
+        return events
+
+    events = asyncio.run(scenario())
+    assert events[0] == StreamEvent("reset", "First words")
+    on_page = ""
+    for event in events:
+        on_page = event.text if event.kind == "reset" else on_page + event.text
+    assert events[-1].kind == "done" and on_page == "First words, more."

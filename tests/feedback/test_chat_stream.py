@@ -223,3 +223,18 @@ def test_the_stream_hands_its_database_connection_back_before_streaming() -> Non
     with ThreadPoolExecutor(max_workers=1) as thread:
         allowed, after_check, after_render = thread.submit(in_a_request_thread).result()
     assert allowed and after_check and after_render
+
+
+@pytest.mark.parametrize(
+    ("query", "shown"),
+    [
+        ("", 0),
+        ("?shown=12", 12),
+        ("?shown=-3", 0),
+        ("?shown=abc", 0),
+        ("?shown=99999999999", 0),
+        ("?shown=999999999", chat_stream.MAX_SHOWN),
+    ],
+)
+def test_the_page_says_how_much_it_shows_in_the_stream_url(query: str, shown: int) -> None:
+    assert chat_stream._shown(RequestFactory().get(f"/stream/{query}")) == shown

@@ -40,7 +40,8 @@ def test_send_returns_the_thread_with_a_stream(client: Client, conversation: Con
     html = response.content.decode()
     answer = Message.objects.get(role="assistant")
     assert 'id="thread"' in html and "<html" not in html
-    assert f'sse-connect="{reverse("chat_stream", args=[conversation.pk, answer.pk])}"' in html
+    stream_url = reverse("chat_stream", args=[conversation.pk, answer.pk])
+    assert f'sse-connect="{stream_url}?shown=0"' in html  # the page shows none of it yet
     # the answer's status class: while it is open, the composer's Stop replaces Send (app.css)
     assert 'sse-swap="token"' in html and "status-pending" in html
     # the first message names the conversation: the new title goes along out of band

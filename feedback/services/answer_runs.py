@@ -384,8 +384,10 @@ def _in_db_thread(answer_id: int, work: Callable[..., T]) -> Callable[..., Await
 
 
 def _connection_broken() -> bool:
+    """Whether this thread's connection is gone (psycopg marks one the server dropped; a
+    SQLite connection has neither mark, and a locked database is not a lost connection)."""
     raw = connections["default"].connection
-    return raw is None or bool(raw.closed) or bool(getattr(raw, "broken", False))
+    return raw is None or bool(getattr(raw, "closed", False) or getattr(raw, "broken", False))
 
 
 def close_run_connections() -> None:

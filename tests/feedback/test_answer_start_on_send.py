@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from asgiref.sync import sync_to_async
-from django.db import connection
+from django.db import OperationalError, connection
 from django.urls import reverse
 from django.utils.html import escape
 from factories import ConversationFactory
@@ -345,3 +345,17 @@ def test_a_stream_elsewhere_opens_with_no_fewer_words_than_its_page_shows(
     for event in events:
         on_page = event.text if event.kind == "reset" else on_page + event.text
     assert events[-1].kind == "done" and on_page == "First words, more."
+
+
+def test_a_database_error_on_a_live_connection_is_not_retried() -> None:
+    """Only a lost connection earns the runs' database work a second try: any other error
+    (a deadlock, a constraint) is the caller's, once."""
+    calls: list[int] = []
+
+    def work() -> None:
+        calls.append(Message.objects.count())  # on a live connection
+        raise OperationalError("deadlock detected")
+
+    with pytest.raises(OperationalError):
+        asyncio.run(answer_runs._in_db_thread(1, work)())
+    assert len(calls) == 1

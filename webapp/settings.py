@@ -150,6 +150,10 @@ else:
             "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
         }
     )
+    # Tests get a file too, not Django's shared in-memory database: that one locks whole
+    # tables, so a page read while an answer's run saves fails at once instead of reading in
+    # WAL mode as the real file does.
+    DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "test-palmloop.sqlite3")}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Redis: broker, cache -------------------------------------------------------------------

@@ -64,6 +64,12 @@ def lm_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 # Rows of hidden states per block of the chunked loss: a (rows, V) float32 block of logits is
 # 8 MiB at V = 8192, small enough to stay in cache while it is used three times.
 LOSS_CHUNK_ROWS = 256
+# Blocks whose logit gradients are kept (in the compute dtype) for one weight-gradient
+# product: a (V, D) product, its conversion to float32 and its addition once per 1,024 rows
+# rather than per block, and a longer inner dimension for the product (measured on 2 cores:
+# the loss's forward and backward at 2,048 rows, V 8,192, D 512 in bf16 went from 220 and 208
+# ms to 191 and 194 ms, medians of 6 in two runs; unchanged at D 256).
+LOSS_WEIGHT_GRAD_BLOCKS = 4
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
@@ -87,6 +93,13 @@ class _LinearCrossEntropy(torch.autograd.Function):
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         grad_hidden = torch.empty_like(h_all) if need_grad else None  # (N, D)
         grad_weight = torch.zeros_like(weight, dtype=torch.float32) if need_grad else None
+        group_rows = chunk_rows * LOSS_WEIGHT_GRAD_BLOCKS
+        # d loss / d logits of the rows since the last weight-gradient product
+        pending = (
+            torch.empty((min(rows, group_rows), w.shape[0]), dtype=compute_dtype, device=w.device)
+            if need_grad
+            else None
+        )
         for start in range(0, rows, chunk_rows):
             stop = min(rows, start + chunk_rows)
             h = h_all[start:stop]  # (n, D)
@@ -96,13 +109,18 @@ class _LinearCrossEntropy(torch.autograd.Function):
             logp = torch.log_softmax((h @ w.T).float(), dim=-1)  # (n, V)
             picked = logp.gather(1, safe).squeeze(1)  # (n,)
             total -= picked.masked_fill(ignored, 0.0).sum()
-            if grad_hidden is not None and grad_weight is not None:
+            if grad_hidden is not None and grad_weight is not None and pending is not None:
                 grad = logp.exp_()  # softmax: d loss / d logits is softmax - onehot(label)
                 grad.scatter_add_(1, safe, torch.full_like(picked[:, None], -1.0))
                 grad.masked_fill_(ignored[:, None], 0.0)
-                grad_c = grad.to(compute_dtype)
+                group_start = start - start % group_rows
+                grad_c = pending[start - group_start : stop - group_start]  # (n, V)
+                grad_c.copy_(grad)
                 grad_hidden[start:stop] = grad_c @ w  # (n, D)
-                grad_weight += (grad_c.T @ h).float()  # (V, D)
+                if stop == rows or stop - group_start == group_rows:
+                    grad_weight += (
+                        pending[: stop - group_start].T @ h_all[group_start:stop]
+                    ).float()
         ctx.save_for_backward(grad_hidden, grad_weight)
         ctx.hidden_dtype = hidden.dtype
         ctx.weight_dtype = weight.dtype
@@ -132,7 +150,8 @@ def linear_cross_entropy_sum(
     hidden (B, T, D), weight (V, D), labels (B, T) -> scalar float32. The matmuls run in
     ``compute_dtype`` (bf16 under mixed precision, as autocast would run them), the softmax in
     float32. Both gradients are computed during the forward pass, block by block, and kept
-    until backward: (N, D) + (V, D) numbers instead of the (N, V) logits.
+    until backward: (N, D) + (V, D) numbers instead of the (N, V) logits, with the logit
+    gradients of up to ``LOSS_WEIGHT_GRAD_BLOCKS`` blocks held meanwhile in ``compute_dtype``.
     """
     dim = hidden.shape[-1]
     flat_hidden, flat_labels = hidden.reshape(-1, dim), labels.reshape(-1)

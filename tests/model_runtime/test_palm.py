@@ -270,8 +270,8 @@ def test_last_only_gives_the_last_hidden_state_and_the_same_cache(
 def test_prefill_attending_in_halves_gives_the_same_logits(
     tiny_model: PaLM, monkeypatch: pytest.MonkeyPatch, case: str, length: int
 ) -> None:
-    # A long enough prefill without gradients attends in two causal halves; odd lengths split
-    # unevenly, a cache moves where the halves' keys end.
+    # Enough query rows attend in two causal halves; odd lengths split unevenly, a cache moves
+    # where the halves' keys end.
     tokens = _tokens(2, length)
     mask = None
     if case == "padded":
@@ -279,7 +279,7 @@ def test_prefill_attending_in_halves_gives_the_same_logits(
         mask[1, :3] = False
 
     def run(threshold: int) -> tuple[torch.Tensor, KVCache]:
-        monkeypatch.setattr(palm, "HALVED_ATTENTION_FROM", threshold)
+        monkeypatch.setattr(palm, "HALVED_ATTENTION_FROM_ROWS", threshold)
         cache = KVCache.empty(tiny_model.config, 2, device="cpu", dtype=torch.float32)
         with torch.inference_mode():
             if case == "after_cache":
@@ -295,9 +295,22 @@ def test_prefill_attending_in_halves_gives_the_same_logits(
             torch.testing.assert_close(a, b, atol=0, rtol=0)
 
 
-def test_attention_in_halves_is_only_taken_without_gradients(
-    monkeypatch: pytest.MonkeyPatch,
+def test_attending_in_halves_gives_the_same_gradients(
+    make_model: Callable[..., PaLM], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    tokens = _tokens(2, 9)
+    grads = []
+    for threshold in (10_000, 2):
+        monkeypatch.setattr(palm, "HALVED_ATTENTION_FROM_ROWS", threshold)
+        model = make_model()
+        F.cross_entropy(model(tokens[:, :-1]).flatten(0, 1), tokens[:, 1:].flatten()).backward()
+        grads.append({name: p.grad for name, p in model.named_parameters()})
+    whole, halves = grads
+    for name, grad in whole.items():
+        torch.testing.assert_close(halves[name], grad, atol=FP32_ATOL, rtol=1e-5, msg=name)
+
+
+def test_attention_is_halved_from_enough_query_rows(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[tuple[int, ...]] = []
     sdpa = F.scaled_dot_product_attention
 
@@ -306,17 +319,12 @@ def test_attention_in_halves_is_only_taken_without_gradients(
         return sdpa(q, *args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(palm.F, "scaled_dot_product_attention", spy)
-    monkeypatch.setattr(palm, "HALVED_ATTENTION_FROM", 4)
+    monkeypatch.setattr(palm, "HALVED_ATTENTION_FROM_ROWS", 16)
     config = PaLMConfig(vocab_size=64, dim=32, depth=1, heads=2, dim_head=16, max_seq_len=32)
     model = PaLM(config)
-    tokens = _tokens(1, 8)
-    model(tokens)  # gradients on: one call over every query row
-    assert calls == [(1, 1, 16, 16)]
-    calls.clear()
-    with torch.no_grad():
-        model(tokens)
+    model(_tokens(1, 8))  # 16 query rows, gradients on: two halves of 8
     assert calls == [(1, 1, 8, 16), (1, 1, 8, 16)]
     calls.clear()
     with torch.no_grad():
-        model(tokens[:, :3])  # below the threshold
-    assert calls == [(1, 1, 6, 16)]
+        model(_tokens(1, 7))  # 14 rows: one call
+    assert calls == [(1, 1, 14, 16)]

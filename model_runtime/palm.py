@@ -153,12 +153,13 @@ def _attention(
     bf16, head dim 64: forward and backward of a training batch 15-20% faster from 1,024 rows per
     half (8 x 256 tokens with 8 or 12 heads, 4 x 512 with 4), 12-40% slower below (8 x 256 with 4
     heads, 8 x 128 with 8); a prefill 20-25% faster from 1,024 rows per half, within a few percent
-    either way below.
+    either way below. On CPU only: a GPU prefill is bound by kernel launches, and on an H200 the
+    split measured no faster (256 tokens, 8 and 12 heads).
     """
     batch, new, heads, dim_head = q.shape
     folded = q.reshape(batch, 1, new * heads, dim_head)  # (B, 1, T*H, dh)
     keys, values = k.unsqueeze(1), v.unsqueeze(1)  # (B, 1, S+T, dh)
-    if mask is None or new * heads < HALVED_ATTENTION_FROM_ROWS or new < 2:
+    if mask is None or new * heads < HALVED_ATTENTION_FROM_ROWS or new < 2 or not q.is_cpu:
         out: torch.Tensor = F.scaled_dot_product_attention(folded, keys, values, attn_mask=mask)
         return out
     half = new // 2

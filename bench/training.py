@@ -21,6 +21,9 @@ timed over ``--steps`` steps per round for ``--rounds`` rounds, the contenders i
 that load from other processes hits them alike; a figure is the best round (tokens/s = batch *
 sequence / seconds per step).
 
+The process keeps freed memory for reuse, as the trainer does (``model_runtime.allocator``), so
+every contender runs with that allocator setting.
+
 MFU = 6 * N * tokens/s / peak, with N the parameters that take part in matmuls (all of them for
 the tied-embedding models here; the attention-score FLOPs are not counted, as in the 6N rule)
 and peak the best bf16 matmul rate (square 1024-3072 products) measured at the same thread
@@ -51,6 +54,7 @@ import torch.nn.functional as F
 from _peers import hf_gpt_neox
 from torch import nn
 
+from model_runtime.allocator import keep_freed_memory
 from model_runtime.config import PaLMConfig
 from model_runtime.palm import PaLM
 from model_runtime.training.step import CausalLMLoss, build_adamw
@@ -340,6 +344,9 @@ def main() -> None:
         global CLOCK
         CLOCK = time.process_time
     torch.set_num_threads(args.threads)
+    # As the trainer does (Trainer.setup). It is the process's allocator, so every contender
+    # here runs with it, the peers too.
+    keep_freed_memory()
     names = args.sizes.split(",") if args.sizes else ["10M"] if args.quick else ["10M", "40M"]
     unknown = set(names) - {s.name for s in SIZES}
     if unknown:

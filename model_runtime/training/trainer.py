@@ -43,6 +43,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from model_runtime.allocator import keep_freed_memory
 from model_runtime.checkpoints import load_checkpoint, save_checkpoint
 from model_runtime.palm import PaLM
 from model_runtime.tokenizer import ChatTokenizer
@@ -165,6 +166,7 @@ class Trainer:
         config = self.config
         if config.num_threads is not None:
             torch.set_num_threads(config.num_threads)
+        keep_freed_memory()  # a step's big temporaries: reused, not faulted in again
         context = self._given_context or init_distributed(config.device)
         if config.batch_size % context.world_size != 0:
             raise ValueError(

@@ -265,52 +265,66 @@ def test_last_only_gives_the_last_hidden_state_and_the_same_cache(
             torch.testing.assert_close(a, b, atol=FP32_ATOL, rtol=0)
 
 
+def _attention_as(monkeypatch: pytest.MonkeyPatch, *, products: bool) -> None:
+    """Attention as SDPA, or as matrix products 3 new tokens at a time (uneven chunks)."""
+    monkeypatch.setattr(palm, "PRODUCTS_ATTENTION_FROM_ROWS", 1 if products else 10**9)
+    monkeypatch.setattr(palm, "ATTENTION_CHUNK_TOKENS", 3)
+
+
 @pytest.mark.parametrize("case", ["causal", "padded", "after_cache"])
 @pytest.mark.parametrize("length", [7, 10])
-def test_prefill_attending_in_halves_gives_the_same_logits(
+def test_attention_as_products_gives_the_same_logits_and_cache(
     tiny_model: PaLM, monkeypatch: pytest.MonkeyPatch, case: str, length: int
 ) -> None:
-    # Enough query rows attend in two causal halves; odd lengths split unevenly, a cache moves
-    # where the halves' keys end.
     tokens = _tokens(2, length)
     mask = None
     if case == "padded":
         mask = torch.ones(2, length, dtype=torch.bool)
         mask[1, :3] = False
 
-    def run(threshold: int) -> tuple[torch.Tensor, KVCache]:
-        monkeypatch.setattr(palm, "HALVED_ATTENTION_FROM_ROWS", threshold)
+    def run(products: bool) -> tuple[torch.Tensor, KVCache]:
+        _attention_as(monkeypatch, products=products)
         cache = KVCache.empty(tiny_model.config, 2, device="cpu", dtype=torch.float32)
         with torch.inference_mode():
-            if case == "after_cache":
+            if case == "after_cache":  # the chunks' keys start after 3 held ones
                 tiny_model(tokens[:, :3], cache=cache)
                 return tiny_model(tokens[:, 3:], cache=cache), cache
             return tiny_model(tokens, cache=cache, attention_mask=mask), cache
 
-    whole, whole_cache = run(threshold=10_000)
-    halves, halves_cache = run(threshold=2)
-    torch.testing.assert_close(halves, whole, atol=FP32_ATOL, rtol=0)
+    fused, fused_cache = run(products=False)
+    products, products_cache = run(products=True)
+    torch.testing.assert_close(products, fused, atol=FP32_ATOL, rtol=0)
     for layer in range(tiny_model.config.depth):
-        for a, b in zip(halves_cache.layer(layer), whole_cache.layer(layer), strict=True):
-            torch.testing.assert_close(a, b, atol=0, rtol=0)
+        for a, b in zip(products_cache.layer(layer), fused_cache.layer(layer), strict=True):
+            torch.testing.assert_close(a, b, atol=FP32_ATOL, rtol=0)  # later layers' inputs differ
 
 
-def test_attending_in_halves_gives_the_same_gradients(
-    make_model: Callable[..., PaLM], monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_attention_as_products_gives_the_same_gradients(
+    make_model: Callable[..., PaLM], monkeypatch: pytest.MonkeyPatch, precision: str
 ) -> None:
     tokens = _tokens(2, 9)
     grads = []
-    for threshold in (10_000, 2):
-        monkeypatch.setattr(palm, "HALVED_ATTENTION_FROM_ROWS", threshold)
+    for products in (False, True):
+        _attention_as(monkeypatch, products=products)
         model = make_model()
-        F.cross_entropy(model(tokens[:, :-1]).flatten(0, 1), tokens[:, 1:].flatten()).backward()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            logits = model(tokens[:, :-1])
+        F.cross_entropy(logits.flatten(0, 1), tokens[:, 1:].flatten()).backward()
         grads.append({name: p.grad for name, p in model.named_parameters()})
-    whole, halves = grads
-    for name, grad in whole.items():
-        torch.testing.assert_close(halves[name], grad, atol=FP32_ATOL, rtol=1e-5, msg=name)
+    fused, products_grads = grads
+    for name, grad in fused.items():
+        assert grad is not None
+        if precision == "fp32":
+            torch.testing.assert_close(products_grads[name], grad, atol=FP32_ATOL, rtol=1e-5)
+        else:  # both round scores and probabilities to bf16, in different places: 2^-8 or so
+            worst = (products_grads[name] - grad).abs().max() / grad.abs().max()
+            assert worst < 0.02, f"{name}: off by {worst:.3f} of its largest entry"
 
 
-def test_attention_is_halved_from_enough_query_rows(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_attention_runs_as_products_from_enough_query_rows(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     calls: list[tuple[int, ...]] = []
     sdpa = F.scaled_dot_product_attention
 
@@ -319,12 +333,15 @@ def test_attention_is_halved_from_enough_query_rows(monkeypatch: pytest.MonkeyPa
         return sdpa(q, *args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(palm.F, "scaled_dot_product_attention", spy)
-    monkeypatch.setattr(palm, "HALVED_ATTENTION_FROM_ROWS", 16)
+    monkeypatch.setattr(palm, "PRODUCTS_ATTENTION_FROM_ROWS", 32)
     config = PaLMConfig(vocab_size=64, dim=32, depth=1, heads=2, dim_head=16, max_seq_len=32)
     model = PaLM(config)
-    model(_tokens(1, 8))  # 16 query rows, gradients on: two halves of 8
-    assert calls == [(1, 1, 8, 16), (1, 1, 8, 16)]
-    calls.clear()
+    model(_tokens(2, 8))  # 2 x 8 x 2 = 32 query rows: products
+    assert calls == []
     with torch.no_grad():
-        model(_tokens(1, 7))  # 14 rows: one call
-    assert calls == [(1, 1, 14, 16)]
+        model(_tokens(2, 7))  # 28 rows: one SDPA call
+        assert calls == [(2, 1, 14, 16)]
+        cache = KVCache.empty(config, 2, device="cpu", dtype=torch.float32)
+        model(_tokens(2, 8), cache=cache)
+        model(_tokens(2, 1), cache=cache)  # a decode step has no mask: SDPA
+    assert calls == [(2, 1, 14, 16), (2, 1, 2, 16)]

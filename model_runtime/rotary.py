@@ -106,5 +106,8 @@ def _position_table(config: PaLMConfig, device: torch.device) -> torch.Tensor:
 
 def _rotate(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     """Multiply each feature pair of ``x`` (..., dh) by ``factor`` (..., dh/2), in float32."""
-    pairs = x.float().view(torch.complex64)  # (..., dh/2): feature pairs as complex numbers
-    return (pairs * factor).view(torch.float32).to(x.dtype)
+    # view_as_complex / view_as_real, not ``.view(dtype)``: a dtype view that changes the element
+    # size is not differentiable, and would cut queries and keys out of the backward pass.
+    wide = x.float()
+    pairs = torch.view_as_complex(wide.view(*wide.shape[:-1], -1, 2))  # (..., dh/2)
+    return torch.view_as_real(pairs * factor).flatten(-2).to(x.dtype)

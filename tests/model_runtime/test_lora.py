@@ -109,6 +109,22 @@ def test_only_adapter_parameters_train_and_merged_equals_unmerged(tiny_model: Pa
     assert not any(isinstance(m, LoRALinear) for m in tiny_model.modules())
 
 
+def test_every_adapter_gets_a_gradient(tiny_model: PaLM) -> None:
+    # Adapters on q and k too: their outputs reach the loss through the rotary product.
+    add_lora(tiny_model, "actor", rank=4, alpha=8)
+    set_active_lora(tiny_model, "actor")
+    params = mark_only_lora_trainable(tiny_model, "actor")
+    for name, param in tiny_model.named_parameters():
+        if "lora_b" in name:
+            torch.nn.init.normal_(param, std=0.1)  # A gets a gradient only once B is non-zero
+    tokens = _tokens(2, 9)
+    logits = tiny_model(tokens[:, :-1])
+    F.cross_entropy(logits.reshape(-1, 64), tokens[:, 1:].reshape(-1)).backward()
+    named = {id(p): n for n, p in tiny_model.named_parameters()}
+    for param in params:
+        assert param.grad is not None and param.grad.abs().sum() > 0, named[id(param)]
+
+
 def test_two_named_sets_switch_and_none_is_the_base_model(tiny_model: PaLM) -> None:
     tokens = _tokens()
     base = tiny_model(tokens)

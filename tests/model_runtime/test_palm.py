@@ -345,3 +345,32 @@ def test_attention_runs_as_products_from_enough_query_rows(
         model(_tokens(2, 8), cache=cache)
         model(_tokens(2, 1), cache=cache)  # a decode step has no mask: SDPA
     assert calls == [(2, 1, 14, 16), (2, 1, 2, 16)]
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [{}, {"qk_norm": True}, {"use_xpos": False}],
+    ids=["xpos", "qk_norm", "no_xpos"],
+)
+@pytest.mark.parametrize("products", [False, True], ids=["sdpa", "products"])
+def test_every_parameter_gets_a_gradient(
+    make_model: Callable[..., PaLM],
+    monkeypatch: pytest.MonkeyPatch,
+    overrides: dict[str, bool],
+    products: bool,
+) -> None:
+    # The queries and keys pass through the rotary product: their rows of the fused projection
+    # (and their norms) must learn like every other weight.
+    _attention_as(monkeypatch, products=products)
+    model = make_model(**overrides)
+    tokens = _tokens(2, 9)
+    F.cross_entropy(model(tokens[:, :-1]).flatten(0, 1), tokens[:, 1:].flatten()).backward()
+    layout = model.config.fused_in_layout()
+    for name, param in model.named_parameters():
+        assert param.grad is not None and param.grad.abs().sum() > 0, name
+    for block in model.blocks:
+        assert isinstance(block, ParallelBlock)
+        grad = block.fused_in.weight.grad
+        assert grad is not None
+        for part, (start, stop) in layout.items():
+            assert grad[start:stop].abs().sum() > 0, part

@@ -125,3 +125,20 @@ def test_positions_inside_the_context_come_from_the_table_unchanged() -> None:
         assert torch.equal(tables.joint, _joint_factors(config, positions))
         assert torch.equal(tables.queries[:, :, 0], tables.joint[:, :, 0])
         assert torch.equal(tables.keys, tables.joint[:, :, config.heads])
+
+
+def test_rotation_passes_gradients_back_to_its_input() -> None:
+    # A rotation (times the xPos scale) is linear: the gradient of sum(w * rotate(x)) with
+    # respect to x is the transposed rotation of w, here worked out on the float64 reference.
+    config = _config(dim=16, heads=2, dim_head=8, max_seq_len=16)
+    positions = torch.arange(5)[None]
+    tables = RotaryTables.build(config, positions)
+    x = torch.randn(1, 5, 3, 8, requires_grad=True)
+    weights = torch.randn(1, 5, 3, 8)
+    (tables.rotate_joint(x) * weights).sum().backward()
+    assert x.grad is not None
+    factor = tables.joint.to(torch.complex128)  # (1, 5, 3, 4)
+    w_pairs = torch.view_as_complex(weights.double().unflatten(-1, (-1, 2)))
+    # d/dx of Re(conj(w) * f * x) over pairs: conj(f) * w (as a real pair)
+    expected = torch.view_as_real(factor.conj() * w_pairs).flatten(-2)
+    torch.testing.assert_close(x.grad.double(), expected, atol=1e-5, rtol=1e-5)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 
 from asgiref.sync import sync_to_async
@@ -33,14 +34,18 @@ async def read_stream(conversation: Conversation, answer: Message) -> bytes:
 
 
 def parse_events(chunks: list[bytes]) -> list[tuple[str, str]]:
-    """(event, data) of each SSE event in ``chunks`` (comment lines skipped)."""
+    """(event, data) of each SSE event in ``chunks``, read as a browser reads them: lines end at
+    CRLF, CR or LF (nothing else), a blank line ends an event, its data lines are joined with LF,
+    comment lines and lines without a field are skipped."""
     events = []
-    for chunk in chunks:
-        for block in chunk.decode().split("\n\n"):
-            lines = [line for line in block.splitlines() if not line.startswith(":")]
-            if not lines:
-                continue
-            name = next(line[7:] for line in lines if line.startswith("event: "))
-            data = "\n".join(line[6:] for line in lines if line.startswith("data: "))
-            events.append((name, data))
+    name, data = "", []
+    for line in re.split(r"\r\n|\r|\n", b"".join(chunks).decode()):
+        if not line:
+            if data:
+                events.append((name or "message", "\n".join(data)))
+            name, data = "", []
+        elif line.startswith("event: "):
+            name = line[len("event: ") :]
+        elif line.startswith("data: "):
+            data.append(line[len("data: ") :])
     return events

@@ -50,6 +50,24 @@ def _client() -> aioredis.Redis:
     return aioredis.Redis.from_url(settings.REDIS_URL, socket_timeout=5, socket_connect_timeout=2)
 
 
+async def forget_relayed(answer_id: int) -> None:
+    """Drop any text relayed under this id before (a database reset since, and ids start over):
+    called before a run claims its answer, so that no follower, which starts following once the
+    answer is claimed, can take an old text for the start of this one. Never raises."""
+    try:
+        client = _client()
+    except ValueError as exc:  # REDIS_URL is not a Redis URL
+        log.warning("answer %s: cannot reach Redis (%s)", answer_id, exc)
+        return
+    try:
+        await client.delete(content_key(answer_id))
+    except (RedisError, OSError) as exc:
+        log.warning("answer %s: could not clear its relayed text (%s)", answer_id, exc)
+    finally:
+        with contextlib.suppress(Exception):
+            await client.aclose()
+
+
 class RelayWriter:
     """Relays the pieces of one answer as its run writes them, once a page in another process
     follows it (``activate``; until then nothing is sent: one process alone pays nothing).

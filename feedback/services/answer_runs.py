@@ -43,6 +43,7 @@ from feedback.models import Message, MessageStatus
 from feedback.services.answer_relay import (
     RelayWriter,
     follow_relayed,
+    forget_relayed,
     relay_enabled,
     shown_after,
 )
@@ -121,13 +122,23 @@ class AnswerRun:
     watched_elsewhere: bool = False
     # Set at the first piece, or when the run ends without one (see ``text_once_begun``).
     begun: threading.Event = field(default_factory=threading.Event)
+    # The text when ``begun`` was set: the first piece, saved to the database at once.
+    first_words: str = ""
+
+    def begin(self) -> None:
+        """Mark the run begun (on the loop that writes it), with what it holds now."""
+        self.first_words = self.content
+        self.begun.set()
 
     def text_once_begun(self, timeout: float) -> str:
-        """From any thread: the text written so far, once the first piece is written or the run
+        """From any thread: the answer's first words, once the first piece is written or the run
         has ended, or "" if neither happens within ``timeout`` seconds. A send's response
-        carries it, so the answer's first words do not wait for the page to open its stream."""
-        self.begun.wait(timeout)
-        return self.content
+        carries them, so they do not wait for the page to open its stream. Exactly the text
+        saved at the first piece, never more (the run may have written more by the time the
+        sending thread wakes): a stream that another process serves waits until the database
+        holds what the page shows (``_wait_until_saved``), and later pieces are saved only at
+        the next flush."""
+        return self.first_words if self.begun.wait(timeout) else ""
 
     def publish(self, event: StreamEvent) -> None:
         for queue in self.watchers:
@@ -184,7 +195,7 @@ def start_answer_soon(answer_id: int, client: ClientFactory) -> AnswerRun | None
 
 def _start_if_idle(run: AnswerRun, client: ClientFactory) -> None:
     if run.answer_id in _runs:  # a page's stream started it first: nothing to wait for here
-        run.begun.set()
+        run.begin()
     else:
         _start(run.answer_id, client, run)
 
@@ -410,6 +421,8 @@ async def _write_answer(run: AnswerRun, client_factory: ClientFactory) -> None:
     relay: RelayWriter | None = None  # to streams in other web processes
     try:
         client = await sync_to_async(client_factory, thread_sensitive=False)()
+        if relay_enabled():  # before the claim: followers start once the answer is claimed
+            await forget_relayed(run.answer_id)
         request = await _in_db_thread(run.answer_id, _claim_answer)(run.answer_id, client)
         if request is None:  # stopped before it started, or taken by another process
             ours = False  # closed already, or written there: nothing to record here
@@ -428,7 +441,7 @@ async def _write_answer(run: AnswerRun, client_factory: ClientFactory) -> None:
                 run.content += item
                 if first_token_ms is None:
                     first_token_ms = int((time.monotonic() - started) * 1000)
-                    run.begun.set()  # the send's response carries these words: not a moment later
+                    run.begin()  # the send's response carries these words: not a moment later
                     # Saved at once: a stream that another process serves waits for it
                     # (``_wait_until_saved``), so that it opens with the words the page shows.
                     await _in_db_thread(run.answer_id, do_save_partial_answer)(
@@ -490,7 +503,8 @@ async def _write_answer(run: AnswerRun, client_factory: ClientFactory) -> None:
             log.exception("answer %s: could not record its end", run.answer_id)
         finally:  # the pages are told in any case, and the run is forgotten
             run.finished = True
-            run.begun.set()
+            if not run.begun.is_set():
+                run.begin()
             run.publish(StreamEvent("done"))
             if _runs.get(run.answer_id) is run:
                 del _runs[run.answer_id]

@@ -27,7 +27,10 @@ MAX_SHOWN = 1_000_000
 
 
 def sse(event: str, data: str) -> bytes:
-    lines = data.split("\n")
+    """One Server-Sent Event. Each line of ``data`` goes in a data field of its own, which the
+    browser joins with LF; CR and CRLF end a line in SSE too, so they are sent as LF (a bare CR
+    inside a field would end it, and the text after it would be dropped)."""
+    lines = data.replace("\r\n", "\n").replace("\r", "\n").split("\n")
     return (f"event: {event}\n" + "".join(f"data: {line}\n" for line in lines) + "\n").encode()
 
 

@@ -53,13 +53,8 @@ async def until(condition: Any, timeout: float = 5.0) -> None:
         await asyncio.sleep(0.01)
 
 
-def answer_written_here_watched_elsewhere(settings: Any, relay_url: str) -> Message:
-    """Write an answer in this process, as a page that another process serves watches it."""
-    settings.REDIS_URL = relay_url
-    settings.STREAM_STOP_CHECK_S = 0.0
-    conversation = ConversationFactory(temperature=0.0, max_new_tokens=32)
-    answer_id = do_send_message(conversation=conversation, text="Hello").answer.pk
-    cache.set(answer_runs.watched_key(answer_id), 1, timeout=60)
+def write_here(answer_id: int) -> None:
+    """Write a sent answer in this process, as a send under uvicorn starts it."""
 
     async def scenario() -> None:
         serve_streams_from(asyncio.get_running_loop())
@@ -71,6 +66,17 @@ def answer_written_here_watched_elsewhere(settings: Any, relay_url: str) -> Mess
             serve_streams_from(None)
 
     asyncio.run(scenario())
+
+
+def answer_written_here_watched_elsewhere(settings: Any, relay_url: str) -> Message:
+    """Write an answer in this process, as a page that another process serves watches it."""
+    settings.REDIS_URL = relay_url
+    settings.STREAM_STOP_CHECK_S = 0.0
+    conversation = ConversationFactory(temperature=0.0, max_new_tokens=32)
+    answer_id = do_send_message(conversation=conversation, text="Hello").answer.pk
+    cache.set(answer_runs.watched_key(answer_id), 1, timeout=60)
+
+    write_here(answer_id)
     answer = Message.objects.get(pk=answer_id)
     assert answer.status == MessageStatus.COMPLETE, answer.error
     return answer
@@ -135,6 +141,31 @@ def test_the_run_relays_once_a_page_elsewhere_watches(
     # The whole text is in Redis, for a page that follows from now on (unwatched: nothing).
     stored = redis.Redis.from_url(redis_url).get(content_key(answer.pk))
     assert stored is not None and stored.decode() == answer.content
+
+
+def test_a_text_left_under_the_answers_id_is_gone_before_the_answer_is_claimed(
+    policy: Path, redis_url: str, settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ids start over when the database is reset, and Redis may keep an old answer's text: a
+    follower, which starts once the answer is claimed, must never take it for this one's
+    start (it would show the old text and skip this answer's pieces as already shown)."""
+    settings.REDIS_URL = redis_url
+    conversation = ConversationFactory(temperature=0.0, max_new_tokens=8)
+    answer_id = do_send_message(conversation=conversation, text="Hello").answer.pk
+    store = redis.Redis.from_url(redis_url)
+    store.set(content_key(answer_id), "an old answer's text", ex=60)
+    at_claim: list[bytes | None] = []
+    claim = answer_runs._claim_answer
+
+    def spy(answer_id: int, client: Any) -> Any:
+        at_claim.append(store.get(content_key(answer_id)))
+        return claim(answer_id, client)
+
+    monkeypatch.setattr(answer_runs, "_claim_answer", spy)
+
+    write_here(answer_id)
+    assert at_claim == [None]
+    assert Message.objects.get(pk=answer_id).status == MessageStatus.COMPLETE
 
 
 def test_a_missed_piece_is_caught_up_from_the_stored_text(

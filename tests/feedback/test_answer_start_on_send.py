@@ -359,3 +359,15 @@ def test_a_database_error_on_a_live_connection_is_not_retried() -> None:
     with pytest.raises(OperationalError):
         asyncio.run(answer_runs._in_db_thread(1, work)())
     assert len(calls) == 1
+
+
+def test_the_send_is_told_the_first_words_as_saved_not_what_came_after() -> None:
+    # The sending thread may wake after more pieces came: it still shows the first words, the
+    # text the database holds until the next flush, so a stream in another process that waits
+    # for what the page shows does not wait for that flush.
+    run = answer_runs.AnswerRun(answer_id=1)
+    assert run.text_once_begun(0.01) == ""  # not begun: nothing to show
+    run.content = "First"
+    run.begin()
+    run.content += " words, and more"
+    assert run.text_once_begun(0.01) == "First"

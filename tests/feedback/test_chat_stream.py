@@ -238,3 +238,11 @@ def test_the_stream_hands_its_database_connection_back_before_streaming() -> Non
 )
 def test_the_page_says_how_much_it_shows_in_the_stream_url(query: str, shown: int) -> None:
     assert chat_stream._shown(RequestFactory().get(f"/stream/{query}")) == shown
+
+
+def test_line_breaks_of_every_kind_reach_the_browser_whole() -> None:
+    # SSE ends a line at CRLF, CR or LF: model text with a bare CR must not cut a data field,
+    # and characters that are not SSE line ends (NEL, LINE SEPARATOR) stay inside it.
+    text = "one\r\ntwo\rthree\nfour\x85five\u2028six"
+    events = parse_events([chat_stream.sse("token", text)])
+    assert events == [("token", "one\ntwo\nthree\nfour\x85five\u2028six")]

@@ -420,9 +420,11 @@ async def _write_answer(run: AnswerRun, client_factory: ClientFactory) -> None:
     ours = True  # the answer's end is this run's to record
     relay: RelayWriter | None = None  # to streams in other web processes
     try:
-        client = await sync_to_async(client_factory, thread_sensitive=False)()
-        if relay_enabled():  # before the claim: followers start once the answer is claimed
-            await forget_relayed(run.answer_id)
+        loading = sync_to_async(client_factory, thread_sensitive=False)()
+        if relay_enabled():  # an old relayed text goes before the claim, which followers await
+            client, _ = await asyncio.gather(loading, forget_relayed(run.answer_id))
+        else:
+            client = await loading
         request = await _in_db_thread(run.answer_id, _claim_answer)(run.answer_id, client)
         if request is None:  # stopped before it started, or taken by another process
             ours = False  # closed already, or written there: nothing to record here

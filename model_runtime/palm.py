@@ -271,9 +271,7 @@ class PaLM(nn.Module):
             if cache.batch_size != batch:
                 raise ValueError(f"cache holds {cache.batch_size} rows, tokens have {batch}")
             past = cache.length
-        if positions is None:
-            positions = torch.arange(past, past + new, device=tokens.device)[None]  # (1, T)
-        elif positions.shape != tokens.shape:
+        if positions is not None and positions.shape != tokens.shape:
             raise ValueError(
                 f"positions must be (B, T) = {tuple(tokens.shape)}, got {tuple(positions.shape)}"
             )
@@ -282,7 +280,10 @@ class PaLM(nn.Module):
                 f"attention_mask must be (B, S + T) = ({batch}, {past + new}), "
                 f"got {tuple(attention_mask.shape)}"
             )
-        rotary = RotaryTables.build(self.config, positions)
+        if positions is None:  # arange(S, S + T) in every row
+            rotary = RotaryTables.span(self.config, past, new, tokens.device)
+        else:
+            rotary = RotaryTables.build(self.config, positions)
         mask = self._attention_mask(new, past, attention_mask, tokens.device)
         x = self.embed(tokens)  # (B, T, D)
         if cache is not None:

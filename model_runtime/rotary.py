@@ -54,6 +54,22 @@ class RotaryTables:
             joint = _joint_factors(config, positions)
         return cls(queries=joint[:, :, :1], keys=joint[:, :, config.heads], joint=joint)
 
+    @classmethod
+    def span(
+        cls, config: PaLMConfig, start: int, length: int, device: torch.device
+    ) -> RotaryTables:
+        """Tables for positions ``start .. start + length - 1``, the same in every row: what
+        :meth:`build` gives for ``arange(start, start + length)[None]``, sliced from the cached
+        table without reading the positions back from the device (no host sync, and no graph
+        break under ``torch.compile``)."""
+        inside = start >= 0 and start + length <= config.max_seq_len
+        if inside and not torch.compiler.is_compiling():  # compiled: computed in the graph
+            joint = _position_table(config, device)[start : start + length][None]  # (1, T, ...)
+        else:
+            positions = torch.arange(start, start + length, device=device)[None]
+            joint = _joint_factors(config, positions)
+        return cls(queries=joint[:, :, :1], keys=joint[:, :, config.heads], joint=joint)
+
     def last(self) -> RotaryTables:
         """The tables of the last position only (T = 1)."""
         return RotaryTables(

@@ -3,7 +3,7 @@
 #   sources -> corpus -> distilled SFT set -> tokenizer -> pretraining -> SFT -> bf16 export.
 # Every step is resumable: finished steps are skipped, interrupted training continues from its
 # last checkpoint, an interrupted distillation from its last batch. Run it again after Ctrl-C.
-# About 3 hours on a 2-core CPU (see docs/base-model.md). `make base-model` runs this.
+# About 2 hours on a 2-core CPU (see docs/base-model.md). `make base-model` runs this.
 # Environment: VENV (default .venv), OUT (default models/base), SKIP_APT=1 (sources already there).
 set -euo pipefail
 
@@ -26,7 +26,7 @@ fi
 
 say "3/7 distilled assistant answers (SmolLM2-135M-Instruct, resumable)"
 "$PY" -m model_runtime corpus distill --corpus var/corpus --out var/corpus/distill \
-    --limit 2000 --threads 1
+    --limit 2000 --threads 2
 
 if [ -f var/train/tokenizer/tokenizer.json ]; then
     say "4/7 tokenizer: var/train/tokenizer already trained"

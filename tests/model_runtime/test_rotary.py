@@ -127,6 +127,27 @@ def test_positions_inside_the_context_come_from_the_table_unchanged() -> None:
         assert torch.equal(tables.keys, tables.joint[:, :, config.heads])
 
 
+def test_a_span_of_positions_equals_building_from_their_arange() -> None:
+    # span() serves the default positions (arange(S, S + T) in every row) without a host sync;
+    # inside the context, straddling its end, and wholly past it.
+    config = _config(dim_head=8, heads=2, max_seq_len=32, xpos_scale_base=16)
+    for start, length in ((0, 1), (0, 32), (5, 9), (31, 1), (28, 8), (40, 3)):
+        span = RotaryTables.span(config, start, length, torch.device("cpu"))
+        built = RotaryTables.build(config, torch.arange(start, start + length)[None])
+        for name in ("queries", "keys", "joint"):
+            assert torch.equal(getattr(span, name), getattr(built, name)), (start, length, name)
+
+
+def test_the_model_traces_as_one_graph_under_compile() -> None:
+    # No data-dependent branch (a host sync) on the default positions: torch.compile keeps
+    # a training step's forward in one graph.
+    from model_runtime.palm import PaLM
+
+    model = PaLM(_config(vocab_size=32, dim=16, depth=2, heads=2, dim_head=8, max_seq_len=16))
+    explanation = torch._dynamo.explain(model.hidden_states)(torch.randint(0, 32, (2, 8)))
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+
+
 def test_rotation_passes_gradients_back_to_its_input() -> None:
     # A rotation (times the xPos scale) is linear: the gradient of sum(w * rotate(x)) with
     # respect to x is the transposed rotation of w, here worked out on the float64 reference.

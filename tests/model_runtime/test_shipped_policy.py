@@ -7,6 +7,7 @@ answers in English words that end their turn with ``<|end|>`` and do not loop.
 
 from __future__ import annotations
 
+import json
 import re
 from collections import Counter
 from pathlib import Path
@@ -19,7 +20,9 @@ from model_runtime.generation import generate
 from model_runtime.sampling import SamplingParams
 from model_runtime.tokenizer import ChatMessage, ChatTokenizer
 
-BASE = Path(__file__).resolve().parents[2] / "models" / "base"
+ROOT = Path(__file__).resolve().parents[2]
+BASE = ROOT / "models" / "base"
+RECIPES = ROOT / "configs" / "train"
 PROMPTS = (
     "Hello! How are you today?",
     "How do I make a cup of tea?",
@@ -48,6 +51,22 @@ def test_the_shipped_files_are_a_verified_bf16_checkpoint_within_budget(
     assert metrics["stage"] == "sft"
     assert metrics["pretrain"]["held_out_perplexity"] > 1
     assert metrics["sft"]["held_out_perplexity"] > 1
+
+
+def test_the_shipped_files_come_from_the_recipe_that_make_base_model_runs(
+    base: LoadedCheckpoint,
+) -> None:
+    """``make base-model`` must rebuild what is shipped: same architecture, and each stage ran
+    the steps and tokens its config asks for (a changed recipe without a rebuild fails here)."""
+    pretrain = json.loads((RECIPES / "base-pretrain.json").read_text())
+    sft = json.loads((RECIPES / "base-sft.json").read_text())
+    for key, value in pretrain["model"].items():
+        assert getattr(base.config, key) == value, key
+    metrics = base.meta["metrics"]
+    for stage, recipe in (("pretrain", pretrain), ("sft", sft)):
+        tokens_per_step = recipe["seq_len"] * recipe["batch_size"] * recipe["grad_accum_steps"]
+        assert metrics[stage]["steps"] == recipe["max_steps"], stage
+        assert metrics[stage]["tokens_trained"] == recipe["max_steps"] * tokens_per_step, stage
 
 
 def test_everyday_prompts_get_english_answers_that_end_their_turn(

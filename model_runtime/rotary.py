@@ -52,7 +52,7 @@ class RotaryTables:
             joint = _position_table(config, positions.device)[positions]  # (B, T, H + 1, dh/2)
         else:
             joint = _joint_factors(config, positions)
-        return cls(queries=joint[:, :, :1], keys=joint[:, :, config.heads], joint=joint)
+        return cls._of_joint(config, joint)
 
     @classmethod
     def span(
@@ -68,6 +68,11 @@ class RotaryTables:
         else:
             positions = torch.arange(start, start + length, device=device)[None]
             joint = _joint_factors(config, positions)
+        return cls._of_joint(config, joint)
+
+    @classmethod
+    def _of_joint(cls, config: PaLMConfig, joint: torch.Tensor) -> RotaryTables:
+        """The tables around ``joint`` (B or 1, T, H + 1, dh/2): queries and keys are views."""
         return cls(queries=joint[:, :, :1], keys=joint[:, :, config.heads], joint=joint)
 
     def last(self) -> RotaryTables:

@@ -169,8 +169,14 @@ if REDIS_URL:
             "BACKEND": "django.core.cache.backends.redis.RedisCache",
             "LOCATION": REDIS_URL,
             # One pool for the process: each request's thread gets its own cache object, which
-            # would otherwise open a connection of its own.
-            "OPTIONS": {"pool_class": "webapp.redis_pool.SharedConnectionPool"},
+            # would otherwise open a connection of its own. A Redis that does not answer fails
+            # an operation within seconds instead of holding the request (the chat carries on
+            # without the cache: feedback/services/shared_cache.py).
+            "OPTIONS": {
+                "pool_class": "webapp.redis_pool.SharedConnectionPool",
+                "socket_connect_timeout": 2,
+                "socket_timeout": 2,
+            },
         }
     }
 else:

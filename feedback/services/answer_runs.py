@@ -56,6 +56,7 @@ from feedback.services.chat import (
 )
 from feedback.services.chat_tree import path_to
 from feedback.services.history import HistoryTurn, fit_history
+from feedback.services.shared_cache import CACHE_ERRORS
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -91,20 +92,27 @@ def watched_key(answer_id: int) -> str:
 
 def stop_answers(answers: Iterable[Message]) -> None:
     """Stop: a pending answer closes at once, a streaming one at its run's next check, in
-    whichever process runs it."""
+    whichever process runs it. A streaming answer whose run cannot be told (another process's,
+    with the cache unreachable) is closed in the database at once."""
     for answer in answers:
-        request_stop(answer.pk)
-        do_cancel_answer(answer=answer)
+        told = request_stop(answer.pk)
+        do_cancel_answer(answer=answer, streaming_too=not told)
 
 
-def request_stop(answer_id: int) -> None:
+def request_stop(answer_id: int) -> bool:
     """Ask whichever process runs this answer to stop it: a run in this process sees its flag
     at the next piece; one in another process sees the shared cache key within
-    ``STREAM_STOP_CHECK_S``."""
+    ``STREAM_STOP_CHECK_S``. False when no run could be told: none runs here and the cache is
+    unreachable."""
     run = _runs.get(answer_id)
     if run is not None:
         run.stop_requested = True  # a plain attribute write: safe from the sync thread
-    cache.set(stop_key(answer_id), 1, timeout=3600)
+    try:
+        cache.set(stop_key(answer_id), 1, timeout=3600)
+    except CACHE_ERRORS as exc:
+        log.warning("answer %s: stop not shared, the cache is unreachable: %s", answer_id, exc)
+        return run is not None
+    return True
 
 
 @dataclass
@@ -120,6 +128,8 @@ class AnswerRun:
     claimed_elsewhere: bool = False
     # A page that another process serves follows this run (see ``answer_relay``).
     watched_elsewhere: bool = False
+    # The shared cache failed at the last check (logged once, not at every check).
+    cache_unreachable: bool = False
     # Set at the first piece, or when the run ends without one (see ``text_once_begun``).
     begun: threading.Event = field(default_factory=threading.Event)
     # The text when ``begun`` was set: the first piece, saved to the database at once.
@@ -323,6 +333,19 @@ async def _mark_watched(answer_id: int) -> None:
     await cache.aset(watched_key(answer_id), 1, timeout=watched_for)
 
 
+async def _try_mark_watched(answer_id: int, failed_before: bool) -> bool:
+    """:func:`_mark_watched`; False when the cache is unreachable (logged when it was not
+    before). That run, seeing no mark, goes on as long as it cannot read the cache either
+    (``_should_stop``)."""
+    try:
+        await _mark_watched(answer_id)
+    except CACHE_ERRORS as exc:
+        if not failed_before:
+            log.warning("answer %s: watch not shared, the cache is unreachable: %s", answer_id, exc)
+        return False
+    return True
+
+
 async def _follow_from_database(
     answer_id: int, shown: str | None = None
 ) -> AsyncIterator[StreamEvent]:
@@ -332,8 +355,9 @@ async def _follow_from_database(
     sent = shown or ""
     if shown is None:
         yield StreamEvent("reset", sent)
+    marked = True
     while True:
-        await _mark_watched(answer_id)
+        marked = await _try_mark_watched(answer_id, failed_before=not marked)
         answer = await Message.objects.aget(pk=answer_id)
         if answer.content.startswith(sent) and len(answer.content) > len(sent):
             yield StreamEvent("token", answer.content[len(sent) :])
@@ -353,7 +377,18 @@ async def _should_stop(run: AnswerRun) -> str:
     if run.stop_requested:
         return "stopped"
     keys = [stop_key(run.answer_id), watched_key(run.answer_id)]
-    flags = await sync_to_async(cache.get_many, thread_sensitive=False)(keys)
+    try:
+        flags = await sync_to_async(cache.get_many, thread_sensitive=False)(keys)
+    except CACHE_ERRORS as exc:
+        # Without the flags: a Stop pressed in another process closed the answer in the
+        # database (``stop_answers``); pages elsewhere are taken to watch, since they cannot say.
+        if not run.cache_unreachable:
+            log.warning("answer %s: flags unread, the cache is unreachable: %s", run.answer_id, exc)
+        run.cache_unreachable = True
+        run.last_watched = time.monotonic()
+        still_open = await _in_db_thread(run.answer_id, _is_open)(run.answer_id)
+        return "" if still_open else "stopped"
+    run.cache_unreachable = False
     if flags.get(keys[0]):
         return "stopped"
     run.watched_elsewhere = bool(flags.get(keys[1]))
@@ -406,6 +441,12 @@ def close_run_connections() -> None:
     dropped: they are kept open between calls)."""
     for executor in _RUNS_DB_THREADS:
         executor.submit(connections.close_all).result()
+
+
+def _is_open(answer_id: int) -> bool:
+    return Message.objects.filter(
+        pk=answer_id, status__in=[MessageStatus.PENDING, MessageStatus.STREAMING]
+    ).exists()
 
 
 def _set_model_version(answer_id: int, model_version: str) -> None:
@@ -500,7 +541,9 @@ async def _write_answer(run: AnswerRun, client_factory: ClientFactory) -> None:
                     run.answer_id, finished.model_version
                 )
             # Not on Django's sync thread: a send waiting there for ``begun`` would hold it up.
-            await sync_to_async(cache.delete, thread_sensitive=False)(stop_key(run.answer_id))
+            # Unreachable cache: the flag, if any, expires on its own.
+            with contextlib.suppress(*CACHE_ERRORS):
+                await sync_to_async(cache.delete, thread_sensitive=False)(stop_key(run.answer_id))
         except Exception:  # the database or cache is down: the start-up sweep closes it later
             log.exception("answer %s: could not record its end", run.answer_id)
         finally:  # the pages are told in any case, and the run is forgotten

@@ -233,9 +233,14 @@ def do_finish_answer(
 
 
 @transaction.atomic
-def do_cancel_answer(*, answer: Message) -> None:
-    """Stop: a pending answer closes at once; a streaming one closes at its runner's next step."""
-    Message.objects.filter(pk=answer.pk, status=MessageStatus.PENDING).update(
+def do_cancel_answer(*, answer: Message, streaming_too: bool = False) -> None:
+    """Stop: a pending answer closes at once; a streaming one closes at its runner's next step,
+    or here at once with ``streaming_too`` (when its runner cannot be told: it keeps the text
+    saved so far, and the runner's later saves of a closed answer are refused)."""
+    open_statuses = [MessageStatus.PENDING]
+    if streaming_too:
+        open_statuses.append(MessageStatus.STREAMING)
+    Message.objects.filter(pk=answer.pk, status__in=open_statuses).update(
         status=MessageStatus.CANCELLED, finish_reason="stopped", updated_at=timezone.now()
     )
 

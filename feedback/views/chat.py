@@ -19,7 +19,6 @@ from django.template.loader import render_to_string
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 from django_htmx.http import HttpResponseClientRedirect, HttpResponseClientRefresh
-from django_ratelimit.core import is_ratelimited
 
 from feedback.inference.factory import get_inference_client
 from feedback.models import ChatLimits, Conversation, Message, MessageRole, Persona
@@ -39,6 +38,7 @@ from feedback.services.chat import (
     open_answers_of,
 )
 from feedback.services.chat_tree import thread_entries
+from feedback.services.shared_cache import sending_too_fast
 
 TOO_FAST = "You are sending too fast; wait a minute."
 # Input the user can fix: htmx swaps these responses in (base.html's htmx-config), where a 400
@@ -159,20 +159,13 @@ def chat(request: HttpRequest, conversation_id: int) -> HttpResponse:
     )
 
 
-def _rate_limited(request: HttpRequest, limits: ChatLimits) -> bool:
-    per_minute = limits.messages_per_minute
-    return is_ratelimited(
-        request, group="chat-send", key="user", rate=f"{per_minute}/m", increment=True
-    )
-
-
 def _answer_anew(
     request: HttpRequest, conversation: Conversation, create: Callable[[ChatLimits], Message]
 ) -> HttpResponse:
     """Send, regenerate and edit: within the rate limit, ``create`` the new pending answer,
     start writing it, and return the thread (with the error the user can fix, if any)."""
     limits = ChatLimits.current()
-    if _rate_limited(request, limits):
+    if sending_too_fast(request, limits.messages_per_minute):
         return _thread(request, conversation, TOO_FAST, limits)
     title = conversation.title
     try:

@@ -71,7 +71,12 @@ def test_urls_switch_to_postgres_and_redis(tmp_path: Path) -> None:
     # under ASGI, where each request runs on a thread of its own); Django refuses both at once.
     assert s["max_age"] == 0
     assert s["pool"] == {"min_size": 2, "max_size": 40, "timeout": 10.0, "max_idle": 60.0}
-    assert s["cache_options"] == {"pool_class": "webapp.redis_pool.SharedConnectionPool"}
+    assert s["cache_options"] == {
+        "pool_class": "webapp.redis_pool.SharedConnectionPool",
+        # a Redis that does not answer fails the operation, and the chat goes on without it
+        "socket_connect_timeout": 2,
+        "socket_timeout": 2,
+    }
     assert s["broker"] == "redis://cache.internal:6380/2"
     assert s["backend"] == "redis://cache.internal:6380/2"
     assert s["cache"] == "django.core.cache.backends.redis.RedisCache"

@@ -205,13 +205,19 @@ def distill(config: DistillConfig, generator: Generator | None = None) -> dict[s
         )
         with raw_path.open("a", encoding="utf-8") as raw, bar:
             for batch in iter_batches(todo, config.batch_size):
-                for prompt, (text, finished) in zip(batch, generate(batch), strict=True):
+                batch_started = time.monotonic()
+                answers = generate(batch)
+                # each answer's share of its batch's time: summed in the manifest over every
+                # run that generated, interrupted ones included
+                share = (time.monotonic() - batch_started) / len(batch)
+                for prompt, (text, finished) in zip(batch, answers, strict=True):
                     record = {
                         "prompt_id": prompt.id,
                         "origin": prompt.origin,
                         "prompt": prompt.text,
                         "answer": text,
                         "finished": finished,
+                        "seconds": round(share, 4),
                     }
                     raw.write(json.dumps(record, ensure_ascii=False) + "\n")
                     done[prompt.id] = record
@@ -261,7 +267,12 @@ def _write_outputs(
         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()},
         "prompts": dict(Counter(prompt.origin for prompt in prompts)),
         "review": dict(reasons),
-        "seconds_this_run": round(seconds, 1),
+        # the teacher's time for the answers kept in raw.jsonl (absent from records written
+        # before it was recorded), whichever runs generated them; this run's may be ~0: all done
+        "generation_seconds": round(
+            sum(done[prompt.id].get("seconds", 0.0) for prompt in prompts), 2
+        ),
+        "seconds_this_run": round(seconds, 2),
         "files": files,
     }
     write_manifest(config.out_dir, manifest)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -66,6 +67,16 @@ def scripted(answers: dict[str, tuple[str, bool]], calls: list[list[str]]):  # t
         return [answers.get(p.text, (f"Here is a short answer to: {p.text}", True)) for p in batch]
 
     return generate
+
+
+def slowly(generate):  # type: ignore[no-untyped-def]
+    """``generate`` taking 0.05 s a batch, as a teacher takes time."""
+
+    def timed(batch: list[DistillPrompt]) -> list[tuple[str, bool]]:
+        time.sleep(0.05)
+        return generate(batch)  # type: ignore[no-any-return]
+
+    return timed
 
 
 def test_prompts_start_with_the_written_ones_and_are_distinct(corpus_dir: Path) -> None:
@@ -174,11 +185,17 @@ def test_an_interrupted_distill_continues_where_it_stopped(
     assert len((out / "raw.jsonl").read_text().splitlines()) == 16
 
     second_calls: list[list[str]] = []
-    manifest = distill(config, scripted({}, second_calls))
+    manifest = distill(config, slowly(scripted({}, second_calls)))
     again = {text for batch in second_calls for text in batch}
     assert not answered & again
     assert len(answered | again) == 40
     assert manifest["review"] == {"kept": 40}
+    # 3 batches at >= 0.05 s in this run, whatever the interrupted one took
+    assert manifest["generation_seconds"] >= 0.15
+
+    rerun = distill(config, scripted({}, []))  # nothing left to answer
+    assert rerun["seconds_this_run"] < 0.15
+    assert rerun["generation_seconds"] == manifest["generation_seconds"]
 
 
 @pytest.mark.skipif(

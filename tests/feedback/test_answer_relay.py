@@ -10,15 +10,15 @@ from typing import Any
 
 import pytest
 import redis
+from answer_following import follow, shown, until, write_here
 from asgiref.sync import sync_to_async
 from django.core.cache import cache
 from factories import ConversationFactory
 
-from feedback.inference.factory import get_inference_client
 from feedback.models import Message, MessageStatus
 from feedback.services import answer_runs
 from feedback.services.answer_relay import RelayWriter, channel, content_key
-from feedback.services.answer_runs import StreamEvent, serve_streams_from, start_answer_soon
+from feedback.services.answer_runs import StreamEvent
 from feedback.services.chat import (
     do_finish_answer,
     do_save_partial_answer,
@@ -41,33 +41,6 @@ def streaming_answer(redis_url: str, settings: Any) -> int:
     return answer.pk
 
 
-async def follow(answer_id: int, into: list[tuple[float, StreamEvent]]) -> None:
-    async for event in answer_runs._follow_elsewhere(answer_id):
-        into.append((time.monotonic(), event))
-
-
-async def until(condition: Any, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.01)
-
-
-def write_here(answer_id: int) -> None:
-    """Write a sent answer in this process, as a send under uvicorn starts it."""
-
-    async def scenario() -> None:
-        serve_streams_from(asyncio.get_running_loop())
-        try:
-            await sync_to_async(start_answer_soon)(answer_id, get_inference_client)
-            await until(lambda: answer_id in answer_runs._runs)
-            await asyncio.wait_for(answer_runs._runs[answer_id].task, 60)  # type: ignore[arg-type]
-        finally:
-            serve_streams_from(None)
-
-    asyncio.run(scenario())
-
-
 def answer_written_here_watched_elsewhere(settings: Any, relay_url: str) -> Message:
     """Write an answer in this process, as a page that another process serves watches it."""
     settings.REDIS_URL = relay_url
@@ -80,13 +53,6 @@ def answer_written_here_watched_elsewhere(settings: Any, relay_url: str) -> Mess
     answer = Message.objects.get(pk=answer_id)
     assert answer.status == MessageStatus.COMPLETE, answer.error
     return answer
-
-
-def shown(events: list[tuple[float, StreamEvent]]) -> str:
-    text = ""
-    for _, event in events:
-        text = event.text if event.kind == "reset" else text + event.text
-    return text
 
 
 def test_a_follower_gets_what_was_written_then_each_piece_as_it_comes(

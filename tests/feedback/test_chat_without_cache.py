@@ -9,11 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from answer_following import follow, shown, write_here
 from asgiref.sync import sync_to_async
 from django.test import Client
 from django.urls import reverse
 from factories import ConversationFactory
-from test_answer_relay import follow, shown, write_here
 
 from feedback.models import ChatLimits, Message, MessageStatus
 from feedback.services import answer_runs

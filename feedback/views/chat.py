@@ -18,7 +18,12 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.template.loader import render_to_string
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
-from django_htmx.http import HttpResponseClientRedirect, HttpResponseClientRefresh
+from django_htmx.http import (
+    HttpResponseClientRedirect,
+    HttpResponseClientRefresh,
+    reswap,
+    retarget,
+)
 
 from feedback.inference.factory import get_inference_client
 from feedback.models import ChatLimits, Conversation, Message, MessageRole, Persona
@@ -64,11 +69,7 @@ def _thread_context(
     """``written``: open answers' text as their runs hold it, ahead of what was saved."""
     entries = [{"message": m, "siblings": s} for m, s in thread_entries(conversation)]
     path = [entry["message"] for entry in entries]
-    written = written or {}
-    for message in path:
-        text = written.get(message.pk, "")
-        if message.is_open and text.startswith(message.content):
-            message.content = text
+    _show_written(path, written or {})
     dropped = next((m.dropped_turns for m in reversed(path) if m.role == "assistant"), 0)
     return {
         "conversation": conversation,
@@ -78,6 +79,14 @@ def _thread_context(
         "answering": any(m.is_open for m in path),
         "limits": limits or ChatLimits.current(),
     }
+
+
+def _show_written(messages: list[Message], written: dict[int, str]) -> None:
+    """Open answers show the text their runs hold (``written``), ahead of what was saved."""
+    for message in messages:
+        text = written.get(message.pk, "")
+        if message.is_open and text.startswith(message.content):
+            message.content = text
 
 
 def _thread(
@@ -101,10 +110,38 @@ def _thread(
             oob = {**context, "oob": True}
             response += render_to_string("feedback/chat.html#title", oob, request)
             response += _recent_link(request, conversation)
-        return HttpResponse(response, status=UNPROCESSABLE if error else 200)
+        # The whole thread replaces the one on the page, whatever the sending element would do
+        # with its answer (the composer appends a new turn: ``_new_turn``).
+        return reswap(
+            retarget(HttpResponse(response, status=UNPROCESSABLE if error else 200), "#thread"),
+            "outerHTML",
+        )
     if error:
         flash.error(request, error)
     return redirect("chat", conversation_id=conversation.pk)
+
+
+def _new_turn(
+    request: HttpRequest, conversation: Conversation, *, retitled: bool, written: dict[int, str]
+) -> HttpResponse:
+    """The turn just sent (the question, then its answer) alone, for the composer to append to
+    the thread: a send costs the same in a long conversation as in a new one, and what the page
+    shows above it (an open Edit, the scroll position) stays as it is."""
+    entries = thread_entries(conversation)[-2:]
+    _show_written([message for message, _ in entries], written)
+    response = "".join(
+        render_to_string(
+            "feedback/chat.html#message",
+            {"conversation": conversation, "entry": {"message": m, "siblings": s}},
+            request,
+        )
+        for m, s in entries
+    )
+    if retitled:
+        oob = {"conversation": conversation, "oob": True}
+        response += render_to_string("feedback/chat.html#title", oob, request)
+        response += _recent_link(request, conversation)
+    return HttpResponse(response)
 
 
 def _recent_link(request: HttpRequest, conversation: Conversation) -> str:
@@ -160,10 +197,16 @@ def chat(request: HttpRequest, conversation_id: int) -> HttpResponse:
 
 
 def _answer_anew(
-    request: HttpRequest, conversation: Conversation, create: Callable[[ChatLimits], Message]
+    request: HttpRequest,
+    conversation: Conversation,
+    create: Callable[[ChatLimits], Message],
+    *,
+    appends: bool = False,
 ) -> HttpResponse:
     """Send, regenerate and edit: within the rate limit, ``create`` the new pending answer,
-    start writing it, and return the thread (with the error the user can fix, if any)."""
+    start writing it, and return the thread (with the error the user can fix, if any), or with
+    ``appends`` (a send from a page that shows the thread up to where the new turn goes) only
+    the new turn."""
     limits = ChatLimits.current()
     if sending_too_fast(request, limits.messages_per_minute):
         return _thread(request, conversation, TOO_FAST, limits)
@@ -179,18 +222,25 @@ def _answer_anew(
         # shows them without waiting to open the stream, which then goes on from there.
         written[answer.pk] = run.text_once_begun(settings.CHAT_SEND_WAITS_FOR_ANSWER_S)
     retitled = answer.conversation.title != title  # a first message names the conversation
+    if appends and request.htmx:
+        return _new_turn(request, answer.conversation, retitled=retitled, written=written)
     return _thread(request, answer.conversation, limits=limits, retitled=retitled, written=written)
 
 
 @role_required(Role.USER)
 @require_POST
 def send(request: HttpRequest, conversation_id: int) -> HttpResponse:
+    """``after``: the last message the page shows (chat.js adds it). When the new turn goes right
+    after it, the response is that turn alone, appended; otherwise (the first message, or a page
+    left behind by another tab) the whole thread."""
     conversation = _conversation(request, conversation_id)
     text = request.POST.get("text", "")
+    leaf = conversation.current_leaf_id
     return _answer_anew(
         request,
         conversation,
         lambda limits: do_send_message(conversation=conversation, text=text, limits=limits).answer,
+        appends=leaf is not None and request.POST.get("after") == str(leaf),
     )
 
 

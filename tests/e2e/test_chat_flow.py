@@ -80,6 +80,8 @@ def test_chat_end_to_end(page: Page) -> None:
     assert button["y"] + button["height"] <= min(composer["y"] + composer["height"], 844)
     stop.click()
     expect(page.locator("article.msg.assistant").last.locator(".state")).to_have_text("Stopped.")
+    # The send appended its turn below the version on screen: two turns, nothing repeated.
+    expect(page.locator("#thread > article.msg")).to_have_count(4)
     expect(send).to_be_visible()
     expect(stop).to_be_hidden()
     expect(box).to_have_value("A draft for later.")
@@ -155,3 +157,30 @@ def test_a_failed_request_says_so_and_keeps_the_draft(
     box.press("Enter")  # the server again: the message goes, the notice clears
     expect(page.locator("article.msg.user .body")).to_have_text("Hello?")
     expect(page.locator("#notice")).to_be_empty()
+
+
+def test_a_send_appends_its_turn_and_leaves_the_page_above_as_it_was(page: Page) -> None:
+    start_chatting(page, "heidi", max_message_chars=40, default_new_tokens=8)
+    box = page.get_by_label("Message", exact=True)
+    box.fill("Hello there.")
+    box.press("Enter")
+    answer = page.locator("article.msg.assistant").last
+    expect(answer).to_have_class(re.compile(r"\bstatus-complete\b"), timeout=30_000)
+    # A refusal replaces the thread, with its reason at the end (the box's maxlength would
+    # stop a person typing this much; pasted through a script it reaches the server).
+    box.evaluate("box => box.removeAttribute('maxlength')")
+    box.fill("x" * 41)
+    box.press("Enter")
+    expect(page.locator("#thread .error")).to_contain_text("the limit is 40")
+    # An Edit left open above, then a send: the turn is appended, the Edit stays open, the
+    # reason of the refusal goes.
+    page.locator("article.msg.user summary", has_text="Edit").click()
+    box.fill("And again.")
+    box.press("Enter")
+    expect(page.locator("#thread > article.msg")).to_have_count(4)
+    expect(page.locator("#thread > article.msg.user .body").last).to_have_text("And again.")
+    expect(page.locator("article.msg.user details.edit").first).to_have_attribute("open", "")
+    expect(page.locator("#thread .error")).to_have_count(0)
+    expect(page.locator("article.msg.assistant").last).to_have_class(
+        re.compile(r"\bstatus-complete\b"), timeout=30_000
+    )

@@ -53,6 +53,38 @@ def test_send_returns_the_thread_with_a_stream(client: Client, conversation: Con
     assert response.status_code == 200 and "hx-swap-oob" not in response.content.decode()
 
 
+def test_a_send_from_the_threads_end_returns_the_new_turn_alone(
+    client: Client, conversation: Conversation
+) -> None:
+    first = do_send_message(conversation=conversation, text="first").answer
+    do_start_answer(answer_id=first.pk, model_version="", dropped_turns=0)
+    do_finish_answer(answer_id=first.pk, status=MessageStatus.COMPLETE, content="one")
+    url = reverse("chat_send", args=[conversation.pk])
+    response = client.post(url, {"text": "second", "after": str(first.pk)}, **HTMX)
+    assert response.status_code == 200
+    html = response.content.decode()
+    answer = Message.objects.filter(role="assistant").latest("pk")
+    # the composer appends it: no thread around it, nothing from above it, no swap override
+    assert 'id="thread"' not in html and "first" not in html and "<p>one</p>" not in html
+    assert html.count("<article") == 2 and "second" in html and f'id="msg-{answer.pk}"' in html
+    assert "sse-connect" in html and "HX-Reswap" not in response
+    do_start_answer(answer_id=answer.pk, model_version="", dropped_turns=0)
+    do_finish_answer(answer_id=answer.pk, status=MessageStatus.COMPLETE, content="two")
+
+    # A page left behind (another tab sent meanwhile): the whole thread replaces the page's.
+    response = client.post(url, {"text": "third", "after": str(first.pk)}, **HTMX)
+    html = response.content.decode()
+    assert 'id="thread"' in html and "first" in html and "third" in html
+    assert response["HX-Retarget"] == "#thread" and response["HX-Reswap"] == "outerHTML"
+    # So does a refusal, with its reason in place of the composer's append.
+    answer = Message.objects.filter(role="assistant").latest("pk")
+    do_start_answer(answer_id=answer.pk, model_version="", dropped_turns=0)
+    do_finish_answer(answer_id=answer.pk, status=MessageStatus.COMPLETE, content="three")
+    response = client.post(url, {"text": "x" * 9000, "after": str(answer.pk)}, **HTMX)
+    assert response.status_code == 422 and response["HX-Reswap"] == "outerHTML"
+    assert 'id="thread"' in response.content.decode()
+
+
 def test_send_without_javascript_redirects(client: Client, conversation: Conversation) -> None:
     response = client.post(reverse("chat_send", args=[conversation.pk]), {"text": "hello"})
     assert response.status_code == 302

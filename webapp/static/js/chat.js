@@ -37,10 +37,22 @@
     window.scrollTo(0, document.documentElement.scrollHeight);
   }
 
+  // A send says which message the page ends with: when the new turn goes right after it, the
+  // server answers with that turn alone, which the composer appends (else the whole thread).
+  document.addEventListener("htmx:configRequest", function (event) {
+    if (!event.detail.elt || event.detail.elt.id !== "composer") return;
+    var shown = document.querySelectorAll("#thread > article.msg");
+    if (shown.length) event.detail.parameters.after = shown[shown.length - 1].id.slice(4);
+  });
+
   document.addEventListener("htmx:afterRequest", function (event) {
     var form = event.detail.elt;
-    // Only once sent: a refusal (422: too fast, too long, still answering) keeps the draft.
-    if (form && form.id === "composer" && event.detail.xhr.status === 200) form.reset();
+    // Only once sent: a refusal (422: too fast, too long, still answering) keeps the draft,
+    // and the refusal's message goes (the new turn was appended below it).
+    if (form && form.id === "composer" && event.detail.xhr.status === 200) {
+      form.reset();
+      document.querySelectorAll("#thread > p.error").forEach(function (old) { old.remove(); });
+    }
   });
   document.addEventListener("htmx:sseMessage", scrollToEnd);
   document.addEventListener("htmx:afterSwap", scrollToEnd);

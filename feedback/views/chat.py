@@ -111,7 +111,7 @@ def _thread(
             response += render_to_string("feedback/chat.html#title", oob, request)
             response += _recent_link(request, conversation)
         # The whole thread replaces the one on the page, whatever the sending element would do
-        # with its answer (the composer appends a new turn: ``_new_turn``).
+        # with its answer (the composer appends a new turn: ``_thread_end``).
         return reswap(
             retarget(HttpResponse(response, status=UNPROCESSABLE if error else 200), "#thread"),
             "outerHTML",
@@ -121,13 +121,19 @@ def _thread(
     return redirect("chat", conversation_id=conversation.pk)
 
 
-def _new_turn(
-    request: HttpRequest, conversation: Conversation, *, retitled: bool, written: dict[int, str]
+def _thread_end(
+    request: HttpRequest,
+    conversation: Conversation,
+    count: int,
+    *,
+    retitled: bool,
+    written: dict[int, str],
 ) -> HttpResponse:
-    """The turn just sent (the question, then its answer) alone, for the composer to append to
-    the thread: a send costs the same in a long conversation as in a new one, and what the page
-    shows above it (an open Edit, the scroll position) stays as it is."""
-    entries = thread_entries(conversation)[-2:]
+    """The last ``count`` messages of the thread alone: a send's new turn (the question, then
+    its answer), which the composer appends, or a regenerated answer, which takes the old one's
+    place. It costs the same in a long conversation as in a new one, and what the page shows
+    above it (an open Edit, the scroll position) stays as it is."""
+    entries = thread_entries(conversation)[-count:]
     _show_written([message for message, _ in entries], written)
     response = "".join(
         render_to_string(
@@ -201,12 +207,14 @@ def _answer_anew(
     conversation: Conversation,
     create: Callable[[ChatLimits], Message],
     *,
-    appends: bool = False,
+    end: int = 0,
+    replacing: int | None = None,
 ) -> HttpResponse:
     """Send, regenerate and edit: within the rate limit, ``create`` the new pending answer,
-    start writing it, and return the thread (with the error the user can fix, if any), or with
-    ``appends`` (a send from a page that shows the thread up to where the new turn goes) only
-    the new turn."""
+    start writing it, and return the thread (with the error the user can fix, if any). With
+    ``end`` (the page shows the thread up to where the change goes), only the thread's last
+    ``end`` messages, in place of message ``replacing`` if given (else for the sender's own
+    swap: the composer appends)."""
     limits = ChatLimits.current()
     if sending_too_fast(request, limits.messages_per_minute):
         return _thread(request, conversation, TOO_FAST, limits)
@@ -222,8 +230,13 @@ def _answer_anew(
         # shows them without waiting to open the stream, which then goes on from there.
         written[answer.pk] = run.text_once_begun(settings.CHAT_SEND_WAITS_FOR_ANSWER_S)
     retitled = answer.conversation.title != title  # a first message names the conversation
-    if appends and request.htmx:
-        return _new_turn(request, answer.conversation, retitled=retitled, written=written)
+    if end and request.htmx:
+        response = _thread_end(
+            request, answer.conversation, end, retitled=retitled, written=written
+        )
+        if replacing is not None:
+            response = reswap(retarget(response, f"#msg-{replacing}"), "outerHTML")
+        return response
     return _thread(request, answer.conversation, limits=limits, retitled=retitled, written=written)
 
 
@@ -240,15 +253,30 @@ def send(request: HttpRequest, conversation_id: int) -> HttpResponse:
         request,
         conversation,
         lambda limits: do_send_message(conversation=conversation, text=text, limits=limits).answer,
-        appends=leaf is not None and request.POST.get("after") == str(leaf),
+        end=2 if leaf is not None and request.POST.get("after") == str(leaf) else 0,
     )
 
 
 @role_required(Role.USER)
 @require_POST
 def regenerate(request: HttpRequest, conversation_id: int, message_id: int) -> HttpResponse:
+    """``after`` as for a send: the last answer regenerated on a page that ends with it gets
+    only the new version back, in its place; any other, the whole thread."""
     answer = _message(request, conversation_id, message_id)
-    return _answer_anew(request, answer.conversation, lambda _: do_regenerate(answer=answer))
+    at_end = (
+        answer.pk == answer.conversation.current_leaf_id == _int_or_none(request.POST.get("after"))
+    )
+    return _answer_anew(
+        request,
+        answer.conversation,
+        lambda _: do_regenerate(answer=answer),
+        end=1 if at_end else 0,
+        replacing=answer.pk,
+    )
+
+
+def _int_or_none(value: str | None) -> int | None:
+    return int(value) if value and value.isdigit() else None
 
 
 @role_required(Role.USER)

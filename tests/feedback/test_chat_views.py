@@ -85,6 +85,28 @@ def test_a_send_from_the_threads_end_returns_the_new_turn_alone(
     assert 'id="thread"' in response.content.decode()
 
 
+def test_regenerating_the_last_answer_returns_the_new_version_in_its_place(
+    client: Client, conversation: Conversation
+) -> None:
+    first = do_send_message(conversation=conversation, text="first").answer
+    do_start_answer(answer_id=first.pk, model_version="", dropped_turns=0)
+    do_finish_answer(answer_id=first.pk, status=MessageStatus.COMPLETE, content="one")
+    url = reverse("chat_regenerate", args=[conversation.pk, first.pk])
+    response = client.post(url, {"after": str(first.pk)}, **HTMX)
+    assert response.status_code == 200
+    html = response.content.decode()
+    again = Message.objects.filter(role="assistant").latest("pk")
+    assert html.count("<article") == 1 and f'id="msg-{again.pk}"' in html and "2/2" in html
+    assert response["HX-Retarget"] == f"#msg-{first.pk}" and response["HX-Reswap"] == "outerHTML"
+    do_start_answer(answer_id=again.pk, model_version="", dropped_turns=0)
+    do_finish_answer(answer_id=again.pk, status=MessageStatus.COMPLETE, content="two")
+
+    # Not the answer the page ends with (an older version, a page left behind): the thread.
+    response = client.post(url, {"after": str(first.pk)}, **HTMX)
+    assert 'id="thread"' in response.content.decode() and "3/3" in response.content.decode()
+    assert response["HX-Retarget"] == "#thread"
+
+
 def test_send_without_javascript_redirects(client: Client, conversation: Conversation) -> None:
     response = client.post(reverse("chat_send", args=[conversation.pk]), {"text": "hello"})
     assert response.status_code == 302

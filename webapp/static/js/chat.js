@@ -37,10 +37,12 @@
     window.scrollTo(0, document.documentElement.scrollHeight);
   }
 
-  // A send says which message the page ends with: when the new turn goes right after it, the
-  // server answers with that turn alone, which the composer appends (else the whole thread).
+  // A send or a regenerate says which message the page ends with: when the change goes right
+  // there, the server answers with the new turn alone, which the composer appends, or with the
+  // new version of the answer, in the old one's place (else with the whole thread).
   document.addEventListener("htmx:configRequest", function (event) {
-    if (!event.detail.elt || event.detail.elt.id !== "composer") return;
+    var elt = event.detail.elt;
+    if (!elt || !(elt.id === "composer" || elt.matches("form.regenerate"))) return;
     var shown = document.querySelectorAll("#thread > article.msg");
     if (shown.length) event.detail.parameters.after = shown[shown.length - 1].id.slice(4);
   });

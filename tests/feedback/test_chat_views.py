@@ -53,23 +53,31 @@ def test_send_returns_the_thread_with_a_stream(client: Client, conversation: Con
     assert response.status_code == 200 and "hx-swap-oob" not in response.content.decode()
 
 
+def finish(answer: Message, content: str) -> Message:
+    """Close an answer as its run would, with ``content``."""
+    do_start_answer(answer_id=answer.pk, model_version="", dropped_turns=0)
+    do_finish_answer(answer_id=answer.pk, status=MessageStatus.COMPLETE, content=content)
+    return answer
+
+
+def latest_answer() -> Message:
+    return Message.objects.filter(role="assistant").latest("pk")
+
+
 def test_a_send_from_the_threads_end_returns_the_new_turn_alone(
     client: Client, conversation: Conversation
 ) -> None:
-    first = do_send_message(conversation=conversation, text="first").answer
-    do_start_answer(answer_id=first.pk, model_version="", dropped_turns=0)
-    do_finish_answer(answer_id=first.pk, status=MessageStatus.COMPLETE, content="one")
+    first = finish(do_send_message(conversation=conversation, text="first").answer, "one")
     url = reverse("chat_send", args=[conversation.pk])
     response = client.post(url, {"text": "second", "after": str(first.pk)}, **HTMX)
     assert response.status_code == 200
     html = response.content.decode()
-    answer = Message.objects.filter(role="assistant").latest("pk")
+    answer = latest_answer()
     # the composer appends it: no thread around it, nothing from above it, no swap override
     assert 'id="thread"' not in html and "first" not in html and "<p>one</p>" not in html
     assert html.count("<article") == 2 and "second" in html and f'id="msg-{answer.pk}"' in html
     assert "sse-connect" in html and "HX-Reswap" not in response
-    do_start_answer(answer_id=answer.pk, model_version="", dropped_turns=0)
-    do_finish_answer(answer_id=answer.pk, status=MessageStatus.COMPLETE, content="two")
+    finish(answer, "two")
 
     # A page left behind (another tab sent meanwhile): the whole thread replaces the page's.
     response = client.post(url, {"text": "third", "after": str(first.pk)}, **HTMX)
@@ -77,9 +85,7 @@ def test_a_send_from_the_threads_end_returns_the_new_turn_alone(
     assert 'id="thread"' in html and "first" in html and "third" in html
     assert response["HX-Retarget"] == "#thread" and response["HX-Reswap"] == "outerHTML"
     # So does a refusal, with its reason in place of the composer's append.
-    answer = Message.objects.filter(role="assistant").latest("pk")
-    do_start_answer(answer_id=answer.pk, model_version="", dropped_turns=0)
-    do_finish_answer(answer_id=answer.pk, status=MessageStatus.COMPLETE, content="three")
+    answer = finish(latest_answer(), "three")
     response = client.post(url, {"text": "x" * 9000, "after": str(answer.pk)}, **HTMX)
     assert response.status_code == 422 and response["HX-Reswap"] == "outerHTML"
     assert 'id="thread"' in response.content.decode()
@@ -88,18 +94,15 @@ def test_a_send_from_the_threads_end_returns_the_new_turn_alone(
 def test_regenerating_the_last_answer_returns_the_new_version_in_its_place(
     client: Client, conversation: Conversation
 ) -> None:
-    first = do_send_message(conversation=conversation, text="first").answer
-    do_start_answer(answer_id=first.pk, model_version="", dropped_turns=0)
-    do_finish_answer(answer_id=first.pk, status=MessageStatus.COMPLETE, content="one")
+    first = finish(do_send_message(conversation=conversation, text="first").answer, "one")
     url = reverse("chat_regenerate", args=[conversation.pk, first.pk])
     response = client.post(url, {"after": str(first.pk)}, **HTMX)
     assert response.status_code == 200
     html = response.content.decode()
-    again = Message.objects.filter(role="assistant").latest("pk")
+    again = latest_answer()
     assert html.count("<article") == 1 and f'id="msg-{again.pk}"' in html and "2/2" in html
     assert response["HX-Retarget"] == f"#msg-{first.pk}" and response["HX-Reswap"] == "outerHTML"
-    do_start_answer(answer_id=again.pk, model_version="", dropped_turns=0)
-    do_finish_answer(answer_id=again.pk, status=MessageStatus.COMPLETE, content="two")
+    finish(again, "two")
 
     # Not the answer the page ends with (an older version, a page left behind): the thread.
     response = client.post(url, {"after": str(first.pk)}, **HTMX)

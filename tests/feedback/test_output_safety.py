@@ -129,3 +129,14 @@ def test_streamed_pieces_are_escaped() -> None:
         if line.startswith("data: "):
             assert_inert(line[6:])
     assert "&lt;script&gt;" in body
+
+
+def test_a_text_is_rendered_once_then_kept() -> None:
+    """A page renders every finished answer at each load: the sanitised HTML is kept."""
+    from feedback.rendering import _sanitised_html
+
+    text = "Kept: <script>alert(1)</script> and **bold**, a one-off text for this test."
+    first = render_markdown(text)
+    hits = _sanitised_html.cache_info().hits
+    assert render_markdown(text) == first and "<script>" not in first
+    assert _sanitised_html.cache_info().hits == hits + 1

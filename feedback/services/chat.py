@@ -130,7 +130,7 @@ def do_send_message(
     _refuse_if_answering(conversation)
     user = Message.objects.create(
         conversation=conversation,
-        parent=conversation.current_leaf,
+        parent_id=conversation.current_leaf_id,  # by id: the leaf itself is not needed here
         role=MessageRole.USER,
         content=text,
     )

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from django.db import connection
 from django.test import Client
+from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from factories import ConversationFactory, PersonaFactory, UserFactory
 
@@ -89,6 +91,27 @@ def test_a_send_from_the_threads_end_returns_the_new_turn_alone(
     response = client.post(url, {"text": "x" * 9000, "after": str(answer.pk)}, **HTMX)
     assert response.status_code == 422 and response["HX-Reswap"] == "outerHTML"
     assert 'id="thread"' in response.content.decode()
+
+
+def test_a_send_takes_a_fixed_number_of_queries_however_long_the_conversation(
+    client: Client, conversation: Conversation
+) -> None:
+    """Session, user, roles, conversation, limits, then the send's own reads and writes: the same 13
+    in a conversation of 1 turn or 20 (a regression here is a query per message)."""
+    url = reverse("chat_send", args=[conversation.pk])
+    counts = []
+    for turns in (1, 20):
+        while Message.objects.filter(role="user").count() < turns:
+            finish(do_send_message(conversation=conversation, text="q").answer, "a")
+        conversation.refresh_from_db()
+        with CaptureQueriesContext(connection) as queries:
+            response = client.post(
+                url, {"text": "next", "after": str(conversation.current_leaf_id)}, **HTMX
+            )
+        assert response.status_code == 200
+        counts.append(len(queries))
+        finish(latest_answer(), "a")
+    assert counts[0] == counts[1] <= 13, counts
 
 
 def test_regenerating_the_last_answer_returns_the_new_version_in_its_place(

@@ -7,6 +7,7 @@ user's conversation or message is a 404.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from http import HTTPStatus
 
 from django.conf import settings
@@ -121,19 +122,31 @@ def _thread(
     return redirect("chat", conversation_id=conversation.pk)
 
 
+@dataclass(frozen=True)
+class _ThreadEnd:
+    """What changed at the end of the thread a page shows, to send back instead of the whole
+    thread: the last ``count`` messages, in place of message ``replacing`` (None: the sender's
+    own swap, the composer's append), with message ``dropping`` taken off the page."""
+
+    count: int
+    replacing: int | None = None
+    dropping: int | None = None
+
+
 def _thread_end(
     request: HttpRequest,
     conversation: Conversation,
-    count: int,
+    end: _ThreadEnd,
     *,
     retitled: bool,
     written: dict[int, str],
 ) -> HttpResponse:
-    """The last ``count`` messages of the thread alone: a send's new turn (the question, then
-    its answer), which the composer appends, or a regenerated answer, which takes the old one's
-    place. It costs the same in a long conversation as in a new one, and what the page shows
-    above it (an open Edit, the scroll position) stays as it is."""
-    entries = thread_entries(conversation)[-count:]
+    """The end of the thread alone: a send's new turn (the question, then its answer), which the
+    composer appends; a regenerated answer, in the old one's place; an edited last question and
+    its new answer, in place of the old question, the old answer dropped. It costs the same in a
+    long conversation as in a new one, and what the page shows above it (an open Edit, the
+    scroll position) stays as it is."""
+    entries = thread_entries(conversation)[-end.count :]
     _show_written([message for message, _ in entries], written)
     response = "".join(
         render_to_string(
@@ -143,11 +156,15 @@ def _thread_end(
         )
         for m, s in entries
     )
+    if end.dropping is not None:
+        response += f'<div hx-swap-oob="delete:#msg-{end.dropping}"></div>'
     if retitled:
         oob = {"conversation": conversation, "oob": True}
         response += render_to_string("feedback/chat.html#title", oob, request)
         response += _recent_link(request, conversation)
-    return HttpResponse(response)
+    if end.replacing is None:
+        return HttpResponse(response)
+    return reswap(retarget(HttpResponse(response), f"#msg-{end.replacing}"), "outerHTML")
 
 
 def _recent_link(request: HttpRequest, conversation: Conversation) -> str:
@@ -207,14 +224,11 @@ def _answer_anew(
     conversation: Conversation,
     create: Callable[[ChatLimits], Message],
     *,
-    end: int = 0,
-    replacing: int | None = None,
+    end: _ThreadEnd | None = None,
 ) -> HttpResponse:
     """Send, regenerate and edit: within the rate limit, ``create`` the new pending answer,
-    start writing it, and return the thread (with the error the user can fix, if any). With
-    ``end`` (the page shows the thread up to where the change goes), only the thread's last
-    ``end`` messages, in place of message ``replacing`` if given (else for the sender's own
-    swap: the composer appends)."""
+    start writing it, and return the thread (with the error the user can fix, if any), or only
+    its ``end`` when the page shows the thread up to where the change goes."""
     limits = ChatLimits.current()
     if sending_too_fast(request, limits.messages_per_minute):
         return _thread(request, conversation, TOO_FAST, limits)
@@ -230,13 +244,8 @@ def _answer_anew(
         # shows them without waiting to open the stream, which then goes on from there.
         written[answer.pk] = run.text_once_begun(settings.CHAT_SEND_WAITS_FOR_ANSWER_S)
     retitled = answer.conversation.title != title  # a first message names the conversation
-    if end and request.htmx:
-        response = _thread_end(
-            request, answer.conversation, end, retitled=retitled, written=written
-        )
-        if replacing is not None:
-            response = reswap(retarget(response, f"#msg-{replacing}"), "outerHTML")
-        return response
+    if end is not None and request.htmx:
+        return _thread_end(request, answer.conversation, end, retitled=retitled, written=written)
     return _thread(request, answer.conversation, limits=limits, retitled=retitled, written=written)
 
 
@@ -253,7 +262,7 @@ def send(request: HttpRequest, conversation_id: int) -> HttpResponse:
         request,
         conversation,
         lambda limits: do_send_message(conversation=conversation, text=text, limits=limits).answer,
-        end=2 if leaf is not None and request.POST.get("after") == str(leaf) else 0,
+        end=_ThreadEnd(2) if leaf is not None and _shown_last(request) == leaf else None,
     )
 
 
@@ -263,31 +272,40 @@ def regenerate(request: HttpRequest, conversation_id: int, message_id: int) -> H
     """``after`` as for a send: the last answer regenerated on a page that ends with it gets
     only the new version back, in its place; any other, the whole thread."""
     answer = _message(request, conversation_id, message_id)
-    at_end = (
-        answer.pk == answer.conversation.current_leaf_id == _int_or_none(request.POST.get("after"))
-    )
+    at_end = answer.pk == answer.conversation.current_leaf_id == _shown_last(request)
     return _answer_anew(
         request,
         answer.conversation,
         lambda _: do_regenerate(answer=answer),
-        end=1 if at_end else 0,
-        replacing=answer.pk,
+        end=_ThreadEnd(1, replacing=answer.pk) if at_end else None,
     )
 
 
-def _int_or_none(value: str | None) -> int | None:
-    return int(value) if value and value.isdigit() else None
+def _shown_last(request: HttpRequest) -> int | None:
+    """The last message the page shows (``after``, which chat.js adds), if it said."""
+    value = request.POST.get("after", "")
+    return int(value) if value.isdigit() else None
 
 
 @role_required(Role.USER)
 @require_POST
 def edit(request: HttpRequest, conversation_id: int, message_id: int) -> HttpResponse:
+    """``after`` as for a send: the last question edited on a page that ends with its answer
+    gets only the new question and answer back, in place of the old two; any other, the whole
+    thread."""
     message = _message(request, conversation_id, message_id)
     text = request.POST.get("text", "")
+    leaf = message.conversation.current_leaf_id
+    at_end = (
+        leaf is not None
+        and _shown_last(request) == leaf
+        and Message.objects.filter(pk=leaf, parent_id=message.pk).exists()
+    )
     return _answer_anew(
         request,
         message.conversation,
         lambda limits: do_edit_user_message(message=message, text=text, limits=limits).answer,
+        end=_ThreadEnd(2, replacing=message.pk, dropping=leaf) if at_end else None,
     )
 
 

@@ -184,3 +184,16 @@ def test_a_send_appends_its_turn_and_leaves_the_page_above_as_it_was(page: Page)
     expect(page.locator("article.msg.assistant").last).to_have_class(
         re.compile(r"\bstatus-complete\b"), timeout=30_000
     )
+    # Edit the last question: its new version and a new answer take the old two's place.
+    last_question = page.locator("#thread > article.msg.user").last
+    last_question.locator("summary", has_text="Edit").click()
+    last_question.get_by_label("Edited message").fill("And once more.")
+    last_question.get_by_role("button", name="Send edited").click()
+    expect(page.locator("#thread > article.msg")).to_have_count(4)
+    question = page.locator("#thread > article.msg.user").last
+    expect(question.locator(".body")).to_have_text("And once more.")
+    expect(question.locator(".siblings .count")).to_have_text("2/2")
+    expect(page.locator("article.msg.user details.edit").first).to_have_attribute("open", "")
+    expect(page.locator("article.msg.assistant").last).to_have_class(
+        re.compile(r"\bstatus-complete\b"), timeout=30_000
+    )

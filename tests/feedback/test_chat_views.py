@@ -133,6 +133,29 @@ def test_regenerating_the_last_answer_returns_the_new_version_in_its_place(
     assert response["HX-Retarget"] == "#thread"
 
 
+def test_editing_the_last_question_returns_the_new_turn_in_place_of_the_old(
+    client: Client, conversation: Conversation
+) -> None:
+    first = finish(do_send_message(conversation=conversation, text="first").answer, "one")
+    turn = do_send_message(conversation=conversation, text="second")
+    finish(turn.answer, "two")
+    url = reverse("chat_edit", args=[conversation.pk, turn.user.pk])
+    response = client.post(url, {"text": "second, edited", "after": str(turn.answer.pk)}, **HTMX)
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert html.count("<article") == 2 and "second, edited" in html and "2/2" in html
+    assert "first" not in html  # nothing from above the edited question
+    assert response["HX-Retarget"] == f"#msg-{turn.user.pk}"
+    assert f'hx-swap-oob="delete:#msg-{turn.answer.pk}"' in html  # the old answer goes
+    finish(latest_answer(), "two, again")
+
+    # An earlier question: the thread below it changes, so the whole thread comes back.
+    url = reverse("chat_edit", args=[conversation.pk, first.parent_id])
+    response = client.post(url, {"text": "first, edited", "after": str(latest_answer().pk)}, **HTMX)
+    assert 'id="thread"' in response.content.decode()
+    assert response["HX-Retarget"] == "#thread"
+
+
 def test_send_without_javascript_redirects(client: Client, conversation: Conversation) -> None:
     response = client.post(reverse("chat_send", args=[conversation.pk]), {"text": "hello"})
     assert response.status_code == 302

@@ -37,12 +37,12 @@
     window.scrollTo(0, document.documentElement.scrollHeight);
   }
 
-  // A send or a regenerate says which message the page ends with: when the change goes right
-  // there, the server answers with the new turn alone, which the composer appends, or with the
-  // new version of the answer, in the old one's place (else with the whole thread).
+  // A send, a regenerate or an edit says which message the page ends with: when the change
+  // goes right there, the server answers with the end of the thread alone, which the composer
+  // appends or which takes the old end's place (else with the whole thread).
   document.addEventListener("htmx:configRequest", function (event) {
     var elt = event.detail.elt;
-    if (!elt || !(elt.id === "composer" || elt.matches("form.regenerate"))) return;
+    if (!elt || !(elt.id === "composer" || elt.matches("form.regenerate, details.edit form"))) return;
     var shown = document.querySelectorAll("#thread > article.msg");
     if (shown.length) event.detail.parameters.after = shown[shown.length - 1].id.slice(4);
   });

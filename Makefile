@@ -41,7 +41,7 @@ lint: install-dev
 	$(BIN)/ruff format --check .
 
 typecheck: install-dev
-	$(BIN)/mypy model_runtime
+	$(BIN)/mypy model_runtime feedback webapp
 
 importlint: install-dev
 	$(BIN)/lint-imports

@@ -43,9 +43,9 @@ def roles_of(user: AbstractBaseUser | AnonymousUser) -> frozenset[Role]:
     if getattr(user, "is_superuser", False):
         roles = frozenset(Role)
     else:
-        names = set(user.groups.values_list("name", flat=True))  # type: ignore[union-attr]
+        names = set(user.groups.values_list("name", flat=True))  # type: ignore[attr-defined]
         roles = frozenset().union(*(IMPLIED_ROLES[r] for r in Role if r.value in names))
-    user._palmloop_roles = roles  # type: ignore[union-attr]
+    user._palmloop_roles = roles  # type: ignore[attr-defined]
     return roles
 
 

@@ -2,7 +2,7 @@
 
 import asyncio
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from django.core.asgi import get_asgi_application
@@ -17,7 +17,7 @@ from feedback.services.answer_runs import serve_streams_from  # noqa: E402 (need
 async def application(
     scope: dict[str, Any],
     receive: Callable[[], Awaitable[dict[str, Any]]],
-    send: Callable[[dict[str, Any]], Awaitable[None]],
+    send: Callable[[Mapping[str, Any]], Awaitable[None]],
 ) -> None:
     """Django, after noting the loop that serves this process: answers start on it."""
     serve_streams_from(asyncio.get_running_loop())

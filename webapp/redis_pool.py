@@ -17,12 +17,13 @@ class SharedConnectionPool(redis.ConnectionPool):
     """
 
     _shared: ClassVar[dict[str, redis.ConnectionPool]] = {}
-    _lock: ClassVar[threading.Lock] = threading.Lock()
+    # not ``_lock``: each pool has a lock of its own by that name
+    _shared_lock: ClassVar[threading.Lock] = threading.Lock()
 
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> SharedConnectionPool:
         key = f"{url} {sorted(kwargs.items())!r}"
-        with cls._lock:
+        with cls._shared_lock:
             pool = cls._shared.get(key)
             if pool is None:
                 pool = cls._shared[key] = super().from_url(url, **kwargs)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -53,7 +53,7 @@ class InferenceClient(Protocol):
 
     def stream_chat(
         self, request: ChatGenerationRequest
-    ) -> AsyncIterator[str | GenerationFinished]:
+    ) -> AsyncGenerator[str | GenerationFinished, None]:
         """Text pieces as they are produced, then one GenerationFinished.
 
         Closing the iterator early (``aclose``) cancels the generation.

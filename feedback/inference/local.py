@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from pathlib import Path
 
 from feedback.inference.base import (
@@ -65,7 +65,7 @@ class LocalInferenceClient:
 
     async def stream_chat(
         self, request: ChatGenerationRequest
-    ) -> AsyncIterator[str | GenerationFinished]:
+    ) -> AsyncGenerator[str | GenerationFinished, None]:
         params = SamplingParams(
             temperature=request.temperature,
             top_p=CHAT_TOP_P if request.temperature > 0 else 1.0,

@@ -8,7 +8,7 @@ context length the engine reports.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 
 import httpx
 
@@ -54,7 +54,7 @@ class RemoteInferenceClient:
 
     async def stream_chat(
         self, request: ChatGenerationRequest
-    ) -> AsyncIterator[str | GenerationFinished]:
+    ) -> AsyncGenerator[str | GenerationFinished, None]:
         body = {
             "model": "policy",
             "messages": [{"role": m.role, "content": m.content} for m in request.messages],

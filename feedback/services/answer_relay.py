@@ -18,7 +18,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 
 import redis.asyncio as aioredis
 from django.conf import settings
@@ -178,7 +178,7 @@ async def follow_relayed(
     answer_id: int,
     saved: Callable[[], Awaitable[tuple[str, bool]]],
     heartbeat: Callable[[], Awaitable[None]],
-) -> AsyncIterator[Event]:
+) -> AsyncGenerator[Event, None]:
     """Events of an answer another process writes: ("reset", everything so far), then
     ("token", piece) as each piece is published; ends when the answer is closed.
 
@@ -234,13 +234,14 @@ async def follow_relayed(
                 yield event
     finally:
         with contextlib.suppress(RedisError, OSError):
-            await pubsub.aclose()
+            await pubsub.aclose()  # type: ignore[no-untyped-call]
         with contextlib.suppress(RedisError, OSError):
             await client.aclose()
 
 
-def _decoded(value: bytes | None) -> str | None:
-    return value.decode() if value is not None else None
+def _decoded(value: bytes | str | None) -> str | None:
+    """A Redis string as text (bytes: the client does not decode responses)."""
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def shown_after(shown: str, event: Event) -> str:

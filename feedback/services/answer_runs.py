@@ -18,7 +18,7 @@ import contextvars
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import aclosing
 from dataclasses import dataclass, field
@@ -154,7 +154,7 @@ class AnswerRun:
         for queue in self.watchers:
             queue.put_nowait(event)
 
-    async def watch(self) -> AsyncIterator[StreamEvent]:
+    async def watch(self) -> AsyncGenerator[StreamEvent, None]:
         queue: asyncio.Queue[StreamEvent] = asyncio.Queue()
         self.watchers.add(queue)
         try:
@@ -241,7 +241,7 @@ def _claim_answer(answer_id: int, client: InferenceClient) -> ChatGenerationRequ
 
 async def watch_answer(
     answer_id: int, client: ClientFactory, shown: int = 0
-) -> AsyncIterator[StreamEvent]:
+) -> AsyncGenerator[StreamEvent, None]:
     """Events for one page: everything so far, then new pieces, then "done".
 
     ``client`` is called only when this process has to write the answer (loading a policy is
@@ -287,7 +287,9 @@ def _start(answer_id: int, client: ClientFactory, run: AnswerRun | None = None) 
     return run
 
 
-async def _follow_elsewhere(answer_id: int, shown_chars: int = 0) -> AsyncIterator[StreamEvent]:
+async def _follow_elsewhere(
+    answer_id: int, shown_chars: int = 0
+) -> AsyncGenerator[StreamEvent, None]:
     """A run in another process: its pieces as they are relayed through Redis, or its saved
     progress in the database when there is no Redis or it fails. Not before the database holds
     the ``shown_chars`` the page shows (see ``_wait_until_saved``)."""
@@ -301,10 +303,10 @@ async def _follow_elsewhere(answer_id: int, shown_chars: int = 0) -> AsyncIterat
 
         try:
             relayed = follow_relayed(answer_id, saved, lambda: _mark_watched(answer_id))
-            async with aclosing(relayed) as events:
-                async for event in events:
-                    shown = shown_after(shown or "", event)
-                    yield StreamEvent("reset" if event[0] == "reset" else "token", event[1])
+            async with aclosing(relayed) as pieces:
+                async for kind, text in pieces:
+                    shown = shown_after(shown or "", (kind, text))
+                    yield StreamEvent("reset" if kind == "reset" else "token", text)
             yield StreamEvent("done")
             return
         except (RedisError, OSError) as exc:
@@ -348,7 +350,7 @@ async def _try_mark_watched(answer_id: int, failed_before: bool) -> bool:
 
 async def _follow_from_database(
     answer_id: int, shown: str | None = None
-) -> AsyncIterator[StreamEvent]:
+) -> AsyncGenerator[StreamEvent, None]:
     """A run in another process: stream its saved progress until it closes, telling that run
     (through the cache) that a page still watches. ``shown``: what the page already shows
     (taking over from a relay that failed); the page never goes back to an older save."""
@@ -509,7 +511,7 @@ async def _write_answer(run: AnswerRun, client_factory: ClientFactory) -> None:
                         answer_id=run.answer_id, content=run.content
                     )
         finally:
-            await stream.aclose()  # type: ignore[attr-defined]
+            await stream.aclose()
     except (ChatInputError, PromptTooLong) as exc:
         status, error = MessageStatus.FAILED, str(exc)
     except InferenceBusy:

@@ -14,7 +14,7 @@ from django.conf import settings
 from django.contrib import messages as flash
 from django.core.paginator import Paginator
 from django.db.models import Q
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.template.loader import render_to_string
 from django.urls import reverse
@@ -45,6 +45,7 @@ from feedback.services.chat import (
 )
 from feedback.services.chat_tree import thread_entries
 from feedback.services.shared_cache import sending_too_fast
+from feedback.views.htmx_request import HtmxHttpRequest
 
 TOO_FAST = "You are sending too fast; wait a minute."
 # Input the user can fix: htmx swaps these responses in (base.html's htmx-config), where a 400
@@ -52,11 +53,11 @@ TOO_FAST = "You are sending too fast; wait a minute."
 UNPROCESSABLE = HTTPStatus.UNPROCESSABLE_ENTITY
 
 
-def _conversation(request: HttpRequest, conversation_id: int) -> Conversation:
+def _conversation(request: HtmxHttpRequest, conversation_id: int) -> Conversation:
     return get_object_or_404(conversations_of(request.user), pk=conversation_id)  # type: ignore[arg-type]
 
 
-def _message(request: HttpRequest, conversation_id: int, message_id: int) -> Message:
+def _message(request: HtmxHttpRequest, conversation_id: int, message_id: int) -> Message:
     conversation = _conversation(request, conversation_id)
     return get_object_or_404(Message, pk=message_id, conversation=conversation)
 
@@ -68,16 +69,12 @@ def _thread_context(
     written: dict[int, str] | None = None,
 ) -> dict[str, object]:
     """``written``: open answers' text as their runs hold it, ahead of what was saved."""
-    entries = [{"message": m, "siblings": s} for m, s in thread_entries(conversation)]
-    path = [entry["message"] for entry in entries]
-    _show_written(path, written or {})
-    dropped = next((m.dropped_turns for m in reversed(path) if m.role == "assistant"), 0)
+    shown = thread_entries(conversation)
+    _show_written([message for message, _ in shown], written or {})
     return {
         "conversation": conversation,
-        "entries": entries,
-        "dropped_turns": dropped,
+        "entries": [{"message": m, "siblings": s} for m, s in shown],
         "error": error,
-        "answering": any(m.is_open for m in path),
         "limits": limits or ChatLimits.current(),
     }
 
@@ -91,7 +88,7 @@ def _show_written(messages: list[Message], written: dict[int, str]) -> None:
 
 
 def _thread(
-    request: HttpRequest,
+    request: HtmxHttpRequest,
     conversation: Conversation,
     error: str = "",
     limits: ChatLimits | None = None,
@@ -106,7 +103,7 @@ def _thread(
     ``written``: see ``_thread_context``."""
     if request.htmx:
         context = _thread_context(conversation, error, limits, written)
-        response = render_to_string("feedback/chat.html#thread", context, request)
+        response: str = render_to_string("feedback/chat.html#thread", context, request)
         if retitled:
             oob = {**context, "oob": True}
             response += render_to_string("feedback/chat.html#title", oob, request)
@@ -134,7 +131,7 @@ class _ThreadEnd:
 
 
 def _thread_end(
-    request: HttpRequest,
+    request: HtmxHttpRequest,
     conversation: Conversation,
     end: _ThreadEnd,
     *,
@@ -167,7 +164,7 @@ def _thread_end(
     return reswap(retarget(HttpResponse(response), f"#msg-{end.replacing}"), "outerHTML")
 
 
-def _recent_link(request: HttpRequest, conversation: Conversation) -> str:
+def _recent_link(request: HtmxHttpRequest, conversation: Conversation) -> str:
     """The conversation's link in the page's sidebar, out of band: its new title."""
     context = {"c": conversation, "oob": True}
     return render_to_string("feedback/chat.html#recent_link", context, request)
@@ -175,7 +172,7 @@ def _recent_link(request: HttpRequest, conversation: Conversation) -> str:
 
 @role_required(Role.USER)
 @require_GET
-def conversation_list(request: HttpRequest) -> HttpResponse:
+def conversation_list(request: HtmxHttpRequest) -> HttpResponse:
     query = request.GET.get("q", "").strip()[:200]
     conversations = conversations_of(request.user)  # type: ignore[arg-type]
     if query:
@@ -196,7 +193,7 @@ def conversation_list(request: HttpRequest) -> HttpResponse:
 
 @role_required(Role.USER)
 @require_POST
-def conversation_new(request: HttpRequest) -> HttpResponse:
+def conversation_new(request: HtmxHttpRequest) -> HttpResponse:
     persona = None
     if persona_id := request.POST.get("persona"):
         persona = Persona.objects.filter(is_active=True, pk=persona_id).first()
@@ -207,7 +204,7 @@ def conversation_new(request: HttpRequest) -> HttpResponse:
 
 @role_required(Role.USER)
 @require_GET
-def chat(request: HttpRequest, conversation_id: int) -> HttpResponse:
+def chat(request: HtmxHttpRequest, conversation_id: int) -> HttpResponse:
     conversation = _conversation(request, conversation_id)
     recent = list(conversations_of(request.user)[:20])  # type: ignore[arg-type]
     if conversation not in recent:  # an older one: listed too, so its title can follow renames
@@ -220,7 +217,7 @@ def chat(request: HttpRequest, conversation_id: int) -> HttpResponse:
 
 
 def _answer_anew(
-    request: HttpRequest,
+    request: HtmxHttpRequest,
     conversation: Conversation,
     create: Callable[[ChatLimits], Message],
     *,
@@ -251,7 +248,7 @@ def _answer_anew(
 
 @role_required(Role.USER)
 @require_POST
-def send(request: HttpRequest, conversation_id: int) -> HttpResponse:
+def send(request: HtmxHttpRequest, conversation_id: int) -> HttpResponse:
     """``after``: the last message the page shows (chat.js adds it). When the new turn goes right
     after it, the response is that turn alone, appended; otherwise (the first message, or a page
     left behind by another tab) the whole thread."""
@@ -268,7 +265,7 @@ def send(request: HttpRequest, conversation_id: int) -> HttpResponse:
 
 @role_required(Role.USER)
 @require_POST
-def regenerate(request: HttpRequest, conversation_id: int, message_id: int) -> HttpResponse:
+def regenerate(request: HtmxHttpRequest, conversation_id: int, message_id: int) -> HttpResponse:
     """``after`` as for a send: the last answer regenerated on a page that ends with it gets
     only the new version back, in its place; any other, the whole thread."""
     answer = _message(request, conversation_id, message_id)
@@ -281,7 +278,7 @@ def regenerate(request: HttpRequest, conversation_id: int, message_id: int) -> H
     )
 
 
-def _shown_last(request: HttpRequest) -> int | None:
+def _shown_last(request: HtmxHttpRequest) -> int | None:
     """The last message the page shows (``after``, which chat.js adds), if it said."""
     value = request.POST.get("after", "")
     return int(value) if value.isdigit() else None
@@ -289,7 +286,7 @@ def _shown_last(request: HttpRequest) -> int | None:
 
 @role_required(Role.USER)
 @require_POST
-def edit(request: HttpRequest, conversation_id: int, message_id: int) -> HttpResponse:
+def edit(request: HtmxHttpRequest, conversation_id: int, message_id: int) -> HttpResponse:
     """``after`` as for a send: the last question edited on a page that ends with its answer
     gets only the new question and answer back, in place of the old two; any other, the whole
     thread."""
@@ -311,7 +308,7 @@ def edit(request: HttpRequest, conversation_id: int, message_id: int) -> HttpRes
 
 @role_required(Role.USER)
 @require_POST
-def show(request: HttpRequest, conversation_id: int, message_id: int) -> HttpResponse:
+def show(request: HtmxHttpRequest, conversation_id: int, message_id: int) -> HttpResponse:
     """Switch to a sibling (``< 2/3 >``): the branch through that message goes on screen."""
     message = _message(request, conversation_id, message_id)
     try:
@@ -321,7 +318,9 @@ def show(request: HttpRequest, conversation_id: int, message_id: int) -> HttpRes
     return _thread(request, conversation)
 
 
-def _stopped(request: HttpRequest, conversation_id: int, answers: list[Message]) -> HttpResponse:
+def _stopped(
+    request: HtmxHttpRequest, conversation_id: int, answers: list[Message]
+) -> HttpResponse:
     stop_answers(answers)
     if request.htmx:
         return HttpResponse(status=204)
@@ -330,7 +329,7 @@ def _stopped(request: HttpRequest, conversation_id: int, answers: list[Message])
 
 @role_required(Role.USER)
 @require_POST
-def stop(request: HttpRequest, conversation_id: int, message_id: int) -> HttpResponse:
+def stop(request: HtmxHttpRequest, conversation_id: int, message_id: int) -> HttpResponse:
     answer = _message(request, conversation_id, message_id)
     open_answer = answer.role == MessageRole.ASSISTANT and answer.is_open
     return _stopped(request, conversation_id, [answer] if open_answer else [])
@@ -338,7 +337,7 @@ def stop(request: HttpRequest, conversation_id: int, message_id: int) -> HttpRes
 
 @role_required(Role.USER)
 @require_POST
-def stop_open(request: HttpRequest, conversation_id: int) -> HttpResponse:
+def stop_open(request: HtmxHttpRequest, conversation_id: int) -> HttpResponse:
     """The composer's Stop: whatever answer the conversation is writing. None (it ended, or a
     page in another tab stopped it): the page is out of date, so htmx reloads it."""
     conversation = _conversation(request, conversation_id)
@@ -350,7 +349,7 @@ def stop_open(request: HttpRequest, conversation_id: int) -> HttpResponse:
 
 @role_required(Role.USER)
 @require_POST
-def rename(request: HttpRequest, conversation_id: int) -> HttpResponse:
+def rename(request: HtmxHttpRequest, conversation_id: int) -> HttpResponse:
     conversation = _conversation(request, conversation_id)
     try:
         do_rename_conversation(conversation=conversation, title=request.POST.get("title", ""))
@@ -369,7 +368,7 @@ def rename(request: HttpRequest, conversation_id: int) -> HttpResponse:
 
 @role_required(Role.USER)
 @require_POST
-def delete(request: HttpRequest, conversation_id: int) -> HttpResponse:
+def delete(request: HtmxHttpRequest, conversation_id: int) -> HttpResponse:
     conversation = _conversation(request, conversation_id)
     do_delete_conversation(conversation=conversation)
     url = reverse("conversations")
@@ -378,7 +377,7 @@ def delete(request: HttpRequest, conversation_id: int) -> HttpResponse:
 
 @role_required(Role.USER)
 @require_POST
-def update_settings(request: HttpRequest, conversation_id: int) -> HttpResponse:
+def update_settings(request: HtmxHttpRequest, conversation_id: int) -> HttpResponse:
     conversation = _conversation(request, conversation_id)
     error = ""
     try:

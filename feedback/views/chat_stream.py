@@ -6,12 +6,12 @@ Events: ``reset`` (everything written so far, sent first on every (re)connection
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from contextlib import aclosing
 
 from asgiref.sync import sync_to_async
 from django.db import connection
-from django.http import Http404, HttpRequest, HttpResponse, StreamingHttpResponse
+from django.http import Http404, HttpRequest, StreamingHttpResponse
 from django.template.loader import render_to_string
 from django.utils.html import escape
 from django.views.decorators.http import require_GET
@@ -53,7 +53,7 @@ def _shown(request: HttpRequest) -> int:
     return min(int(value), MAX_SHOWN) if value.isdigit() and len(value) <= 9 else 0
 
 
-async def _events(message_id: int, request: HttpRequest) -> AsyncIterator[bytes]:
+async def _events(message_id: int, request: HttpRequest) -> AsyncGenerator[bytes, None]:
     # A comment line first, so proxies and the browser see the stream open at once.
     yield b": stream open\n\n"
     event: StreamEvent
@@ -76,7 +76,7 @@ def _may_watch(request: HttpRequest, conversation_id: int, message_id: int) -> b
         return Message.objects.filter(
             pk=message_id,
             role="assistant",
-            conversation__in=conversations_of(user).filter(pk=conversation_id),  # type: ignore[arg-type]
+            conversation__in=conversations_of(user).filter(pk=conversation_id),
         ).exists()
     finally:
         _release_connection()
@@ -90,7 +90,9 @@ def _release_connection() -> None:
 
 
 @require_GET
-async def stream(request: HttpRequest, conversation_id: int, message_id: int) -> HttpResponse:
+async def stream(
+    request: HttpRequest, conversation_id: int, message_id: int
+) -> StreamingHttpResponse:
     if not await sync_to_async(_may_watch)(request, conversation_id, message_id):
         raise Http404("No such answer.")
     response = StreamingHttpResponse(_events(message_id, request), content_type="text/event-stream")

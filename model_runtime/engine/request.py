@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -170,7 +170,7 @@ class RequestHandle:
     def __aiter__(self) -> AsyncIterator[str]:
         return self.astream()
 
-    async def astream(self) -> AsyncIterator[str]:
+    async def astream(self) -> AsyncGenerator[str, None]:
         """Async :meth:`stream`; closing it (or cancelling its task) cancels the request."""
         index = 0
         try:

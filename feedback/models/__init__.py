@@ -1,6 +1,7 @@
 """The domain's tables."""
 
 from feedback.models.chat import (
+    OPEN_STATUSES,
     ChatLimits,
     Conversation,
     Message,
@@ -9,4 +10,12 @@ from feedback.models.chat import (
     Persona,
 )
 
-__all__ = ["ChatLimits", "Conversation", "Message", "MessageRole", "MessageStatus", "Persona"]
+__all__ = [
+    "OPEN_STATUSES",
+    "ChatLimits",
+    "Conversation",
+    "Message",
+    "MessageRole",
+    "MessageStatus",
+    "Persona",
+]

@@ -106,6 +106,10 @@ class MessageStatus(models.TextChoices):
     FAILED = "failed"
 
 
+# An answer still being written (or about to be): what Stop closes and the sweep looks for.
+OPEN_STATUSES = (MessageStatus.PENDING, MessageStatus.STREAMING)
+
+
 class Message(models.Model):
     """One turn. Regenerating adds a sibling answer; editing a user turn adds a sibling branch."""
 
@@ -152,4 +156,4 @@ class Message(models.Model):
 
     @property
     def is_open(self) -> bool:
-        return self.status in (MessageStatus.PENDING, MessageStatus.STREAMING)
+        return self.status in OPEN_STATUSES

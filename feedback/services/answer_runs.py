@@ -39,7 +39,7 @@ from feedback.inference.base import (
     InferenceUnavailable,
     PromptTooLong,
 )
-from feedback.models import Message, MessageStatus
+from feedback.models import OPEN_STATUSES, Message, MessageStatus
 from feedback.services.answer_relay import (
     RelayWriter,
     follow_relayed,
@@ -446,9 +446,7 @@ def close_run_connections() -> None:
 
 
 def _is_open(answer_id: int) -> bool:
-    return Message.objects.filter(
-        pk=answer_id, status__in=[MessageStatus.PENDING, MessageStatus.STREAMING]
-    ).exists()
+    return Message.objects.filter(pk=answer_id, status__in=OPEN_STATUSES).exists()
 
 
 def _set_model_version(answer_id: int, model_version: str) -> None:

@@ -10,7 +10,15 @@ from django.db import transaction
 from django.db.models import QuerySet
 from django.utils import timezone
 
-from feedback.models import ChatLimits, Conversation, Message, MessageRole, MessageStatus, Persona
+from feedback.models import (
+    OPEN_STATUSES,
+    ChatLimits,
+    Conversation,
+    Message,
+    MessageRole,
+    MessageStatus,
+    Persona,
+)
 from feedback.services.chat_tree import deepest_latest_leaf
 
 
@@ -92,7 +100,7 @@ def open_answers_of(conversation: Conversation) -> QuerySet[Message]:
     return Message.objects.filter(
         conversation=conversation,
         role=MessageRole.ASSISTANT,
-        status__in=[MessageStatus.PENDING, MessageStatus.STREAMING],
+        status__in=OPEN_STATUSES,
     )
 
 
@@ -217,9 +225,7 @@ def do_finish_answer(
     error: str = "",
 ) -> None:
     """Close an open answer, keeping what was produced. A closed answer is never reopened."""
-    Message.objects.filter(
-        pk=answer_id, status__in=[MessageStatus.PENDING, MessageStatus.STREAMING]
-    ).update(
+    Message.objects.filter(pk=answer_id, status__in=OPEN_STATUSES).update(
         status=status,
         content=content,
         finish_reason=finish_reason[:16],
@@ -237,10 +243,8 @@ def do_cancel_answer(*, answer: Message, streaming_too: bool = False) -> None:
     """Stop: a pending answer closes at once; a streaming one closes at its runner's next step,
     or here at once with ``streaming_too`` (when its runner cannot be told: it keeps the text
     saved so far, and the runner's later saves of a closed answer are refused)."""
-    open_statuses = [MessageStatus.PENDING]
-    if streaming_too:
-        open_statuses.append(MessageStatus.STREAMING)
-    Message.objects.filter(pk=answer.pk, status__in=open_statuses).update(
+    closing = OPEN_STATUSES if streaming_too else (MessageStatus.PENDING,)
+    Message.objects.filter(pk=answer.pk, status__in=closing).update(
         status=MessageStatus.CANCELLED, finish_reason="stopped", updated_at=timezone.now()
     )
 

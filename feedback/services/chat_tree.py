@@ -30,6 +30,12 @@ def active_path(conversation: Conversation) -> list[Message]:
     return [message for message, _ in thread_entries(conversation)]
 
 
+def answers_on_screen(question: Message) -> bool:
+    """Whether the branch on screen ends with the answer to ``question`` (a user message)."""
+    leaf_id = Conversation.objects.filter(pk=question.conversation_id).values("current_leaf_id")
+    return Message.objects.filter(pk__in=leaf_id, parent_id=question.pk).exists()
+
+
 def deepest_latest_leaf(message: Message) -> Message:
     """Follow the newest child down from ``message`` to a leaf."""
     node = message

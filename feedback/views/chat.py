@@ -43,7 +43,7 @@ from feedback.services.chat import (
     do_update_sampling,
     open_answers_of,
 )
-from feedback.services.chat_tree import thread_entries
+from feedback.services.chat_tree import answers_on_screen, thread_entries
 from feedback.services.shared_cache import sending_too_fast
 from feedback.views.htmx_request import HtmxHttpRequest
 
@@ -105,9 +105,7 @@ def _thread(
         context = _thread_context(conversation, error, limits, written)
         response: str = render_to_string("feedback/chat.html#thread", context, request)
         if retitled:
-            oob = {**context, "oob": True}
-            response += render_to_string("feedback/chat.html#title", oob, request)
-            response += _recent_link(request, conversation)
+            response += _new_title(request, conversation)
         # The whole thread replaces the one on the page, whatever the sending element would do
         # with its answer (the composer appends a new turn: ``_thread_end``).
         return reswap(
@@ -156,12 +154,17 @@ def _thread_end(
     if end.dropping is not None:
         response += f'<div hx-swap-oob="delete:#msg-{end.dropping}"></div>'
     if retitled:
-        oob = {"conversation": conversation, "oob": True}
-        response += render_to_string("feedback/chat.html#title", oob, request)
-        response += _recent_link(request, conversation)
+        response += _new_title(request, conversation)
     if end.replacing is None:
         return HttpResponse(response)
     return reswap(retarget(HttpResponse(response), f"#msg-{end.replacing}"), "outerHTML")
+
+
+def _new_title(request: HtmxHttpRequest, conversation: Conversation) -> str:
+    """The conversation's title, out of band: in the page's header and in its sidebar link."""
+    oob = {"conversation": conversation, "oob": True}
+    title: str = render_to_string("feedback/chat.html#title", oob, request)
+    return title + _recent_link(request, conversation)
 
 
 def _recent_link(request: HtmxHttpRequest, conversation: Conversation) -> str:
@@ -293,11 +296,7 @@ def edit(request: HtmxHttpRequest, conversation_id: int, message_id: int) -> Htt
     message = _message(request, conversation_id, message_id)
     text = request.POST.get("text", "")
     leaf = message.conversation.current_leaf_id
-    at_end = (
-        leaf is not None
-        and _shown_last(request) == leaf
-        and Message.objects.filter(pk=leaf, parent_id=message.pk).exists()
-    )
+    at_end = leaf is not None and _shown_last(request) == leaf and answers_on_screen(message)
     return _answer_anew(
         request,
         message.conversation,

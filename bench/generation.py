@@ -3,7 +3,9 @@
 Three contenders at ~10M, ~40M and ~120M parameters (vocab 8192, head dim 64, context 512), all
 randomly initialised with the same width and depth, in one run:
 
-- **ours**: ``model_runtime.generation.generate`` (KV cache), weights in bf16 (float32 logits).
+- **ours**: ``model_runtime.generation.generate`` (KV cache), weights in bf16 (float32 logits);
+  one-row products (batch-1 decoding) through ``model_runtime.bf16_row_product``'s kernel where
+  the CPU has AVX512-BF16 (``PALMLOOP_ROW_KERNEL=0``: oneDNN's packed products instead).
 - **hf**: ``transformers`` ``GPTNeoXForCausalLM`` (parallel residual, full rotary, SDPA,
   ``use_cache=True``, tied embeddings, ``intermediate_size = 5 * dim`` so that its parameter count
   matches PaLM's SwiGLU block), measured in float32 and in bf16; the faster of the two per figure
@@ -45,6 +47,7 @@ from typing import Any
 import torch
 from _peers import hf_gpt_neox
 
+from model_runtime import bf16_row_product
 from model_runtime.config import PaLMConfig
 from model_runtime.generation import generate
 from model_runtime.palm import PaLM
@@ -426,6 +429,8 @@ def main() -> None:
     repeats = 1 if args.quick else args.repeats
 
     peers = {name: metadata.version(name) for name in ("transformers", "palm-rlhf-pytorch")}
+    # built (or found cached) before any timing; PALMLOOP_ROW_KERNEL=0 measures without it
+    row_kernel = device.type == "cpu" and bf16_row_product.load() is not None
     print(
         f"torch {torch.__version__}, transformers {peers['transformers']}, palm-rlhf-pytorch "
         f"{peers['palm-rlhf-pytorch']}, {args.threads} threads, {args.clock} clock, "
@@ -433,6 +438,12 @@ def main() -> None:
         f"{platform.processor() or platform.machine()}; prompt {PROMPT_TOKENS}, "
         f"{new_tokens} new tokens (greedy), TTFT prompt {TTFT_PROMPT_TOKENS}, best of {repeats}"
     )
+    if device.type == "cpu":
+        print(
+            "one-row products (batch-1 decoding): "
+            + ("palmloop's bf16 kernel" if row_kernel else "oneDNN")
+            + ("" if row_kernel else f" ({bf16_row_product.why_unavailable()})")
+        )
     started = time.perf_counter()
     results = {
         size.name: run_size(
@@ -456,6 +467,7 @@ def main() -> None:
         "device": str(device),
         "threads": args.threads,
         "clock": args.clock,
+        "row_kernel": row_kernel,
         "prompt_tokens": PROMPT_TOKENS,
         "new_tokens": new_tokens,
         "ttft_prompt_tokens": TTFT_PROMPT_TOKENS,

@@ -422,6 +422,27 @@ def run_samples(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_build_kernels_command(
+    subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
+) -> None:
+    parser = subparsers.add_parser(
+        "build-kernels",
+        help="compile the bf16 decoding kernel now (else the first decode does it, ~30 s)",
+    )
+    parser.set_defaults(func=run_build_kernels)
+
+
+def run_build_kernels(args: argparse.Namespace) -> int:
+    """Exit 0 whether or not the kernel can run here: where it cannot, oneDNN decodes."""
+    from model_runtime import bf16_row_product
+
+    if bf16_row_product.load() is not None:
+        print("bf16 one-row kernel: ready")
+    else:
+        print(f"bf16 one-row kernel: not in use, {bf16_row_product.why_unavailable()}")
+    return 0
+
+
 COMMANDS: list[Registrar] = [
     add_tokenizer_command,
     add_corpus_command,
@@ -432,6 +453,7 @@ COMMANDS: list[Registrar] = [
     add_chat_command,
     add_samples_command,
     add_serve_command,
+    add_build_kernels_command,
 ]
 
 

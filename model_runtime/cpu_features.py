@@ -19,15 +19,27 @@ def native_bf16_cpu() -> bool:
     return cpu_has_native_bf16(Path("/proc/cpuinfo"))
 
 
-def cpu_has_native_bf16(cpuinfo: Path) -> bool:
-    """Whether ``cpuinfo`` (Linux's ``/proc/cpuinfo``) lists an x86 flag of hardware bf16.
-    Only x86 is asked: without that file or its x86 ``flags`` line (another OS, ARM), bf16
-    counts as native, which keeps bf16 wherever a caller asks for it."""
+@cache
+def cpu_flags() -> frozenset[str]:
+    """The x86 feature flags of this machine's CPU (empty where /proc/cpuinfo lists none)."""
+    return read_cpu_flags(Path("/proc/cpuinfo")) or frozenset()
+
+
+def read_cpu_flags(cpuinfo: Path) -> frozenset[str] | None:
+    """The ``flags`` of the first CPU in ``cpuinfo``; None without that file or that line."""
     try:
         with cpuinfo.open(encoding="ascii", errors="replace") as info:
             flags = next((line for line in info if line.startswith("flags")), None)
     except OSError:
-        return True
+        return None
     if flags is None:
-        return True
-    return bool(_NATIVE_BF16_FLAGS & set(flags.split()))
+        return None
+    return frozenset(flags.partition(":")[2].split())
+
+
+def cpu_has_native_bf16(cpuinfo: Path) -> bool:
+    """Whether ``cpuinfo`` (Linux's ``/proc/cpuinfo``) lists an x86 flag of hardware bf16.
+    Only x86 is asked: without that file or its x86 ``flags`` line (another OS, ARM), bf16
+    counts as native, which keeps bf16 wherever a caller asks for it."""
+    flags = read_cpu_flags(cpuinfo)
+    return flags is None or bool(_NATIVE_BF16_FLAGS & flags)

@@ -21,6 +21,10 @@ one output (PaLM's attention and feed-forward output projections) as one product
 concatenated inputs and weights: one pass over the weights instead of several, and for small
 weights the fixed cost of a call, which dominates at one row, is paid once.
 
+A product of one row (a decoding step at batch 1) goes to :mod:`bf16_row_product`'s kernel
+where it is available: it streams the plain weights from memory faster than oneDNN reads its
+packed ones, and needs no copy.
+
 A packed copy is made on first use and kept while its weights are unchanged, judged by their
 storage and their version counters. The cache holds an alias of each weight it packed, so that
 storage cannot be freed and its address reused by another tensor: the same data pointer means the
@@ -44,6 +48,7 @@ from functools import cache
 import torch
 import torch.nn.functional as F
 
+from model_runtime import bf16_row_product
 from model_runtime.cpu_features import native_bf16_cpu
 
 
@@ -122,6 +127,10 @@ def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """``F.linear(x, weight)``: x (..., in), weight (out, in) -> (..., out)."""
     if not _packable_inputs((x,), (weight,)):  # first: training and torch.compile stop here
         return F.linear(x, weight)
+    if _one_row(x):
+        streamed = bf16_row_product.row_product_sum((x,), (weight,))
+        if streamed is not None:
+            return streamed
     if _in_float32(x):
         wide = _copy_for((x,), (weight,), _SINGLE_FLOAT32, _float32_copy)
         if wide is not None:
@@ -140,6 +149,10 @@ def linear_sum(inputs: Sequence[torch.Tensor], weights: Sequence[torch.Tensor]) 
         raise ValueError(f"need one weight per input, got {len(inputs)} and {len(weights)}")
     if not _packable_inputs(inputs, weights):
         return _plain_sum(inputs, weights)
+    if _one_row(inputs[0]):
+        streamed = bf16_row_product.row_product_sum(inputs, weights)
+        if streamed is not None:
+            return streamed
     if _in_float32(inputs[0]):
         wide = _copy_for(inputs, weights, _SUMS_FLOAT32, _float32_copy)
         if wide is not None:
@@ -177,6 +190,12 @@ def _packable_inputs(inputs: Sequence[torch.Tensor], weights: Sequence[torch.Ten
     return all(x.dtype == torch.bfloat16 and x.is_cpu and x.dim() >= 2 for x in inputs) and all(
         x.numel() > 0 for x in inputs
     )
+
+
+def _one_row(x: torch.Tensor) -> bool:
+    """A decoding step's input at batch 1: :mod:`bf16_row_product`'s kernel streams the weights
+    faster than oneDNN's packed product."""
+    return x.numel() == x.shape[-1]
 
 
 def _packable_weight(weight: torch.Tensor) -> bool:

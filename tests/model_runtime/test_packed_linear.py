@@ -1,5 +1,7 @@
 """Packed bf16 linear layers: same products as F.linear, and never a stale copy of a weight; on
-a CPU without native bf16, many-row products in float32 with the same guarantees."""
+a CPU without native bf16, many-row products in float32 with the same guarantees. One-row
+products go to bf16_row_product's kernel where it runs (test_bf16_row_product.py); here it is
+turned off, so that every product takes the oneDNN path under test."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from model_runtime import packed_linear
+from model_runtime import bf16_row_product, packed_linear
 from model_runtime.packed_linear import forget_packed, linear, linear_sum, uses_packed
 from model_runtime.palm import KVCache, PaLM
 
@@ -20,6 +22,11 @@ needs_bf16_kernels = pytest.mark.skipif(
 
 # bf16 products: 8 mantissa bits, values here of order 1-10
 BF16_ATOL = 0.1
+
+
+@pytest.fixture(autouse=True)
+def _without_row_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(bf16_row_product, "row_product_sum", lambda inputs, weights: None)
 
 
 @pytest.fixture(params=["native", "emulated"])

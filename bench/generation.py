@@ -4,8 +4,9 @@ Three contenders at ~10M, ~40M and ~120M parameters (vocab 8192, head dim 64, co
 randomly initialised with the same width and depth, in one run:
 
 - **ours**: ``model_runtime.generation.generate`` (KV cache), weights in bf16 (float32 logits);
-  one-row products (batch-1 decoding) through ``model_runtime.bf16_row_product``'s kernel where
-  the CPU has AVX512-BF16 (``PALMLOOP_ROW_KERNEL=0``: oneDNN's packed products instead).
+  products of one or two rows (decoding at batch 1 or 2) through the kernel of
+  ``model_runtime.bf16_row_product`` where the CPU has AVX512-BF16 (``PALMLOOP_ROW_KERNEL=0``:
+  oneDNN's packed products instead).
 - **hf**: ``transformers`` ``GPTNeoXForCausalLM`` (parallel residual, full rotary, SDPA,
   ``use_cache=True``, tied embeddings, ``intermediate_size = 5 * dim`` so that its parameter count
   matches PaLM's SwiGLU block), measured in float32 and in bf16; the faster of the two per figure
@@ -440,7 +441,7 @@ def main() -> None:
     )
     if device.type == "cpu":
         print(
-            "one-row products (batch-1 decoding): "
+            "products of one or two rows (decoding at batch 1, 2): "
             + ("palmloop's bf16 kernel" if row_kernel else "oneDNN")
             + ("" if row_kernel else f" ({bf16_row_product.why_unavailable()})")
         )

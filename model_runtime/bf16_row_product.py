@@ -1,10 +1,12 @@
-"""One-row bf16 products (what a decoding step multiplies) through palmloop's own CPU kernel.
+"""bf16 products of one or two rows (a decoding step at batch 1 or 2) through palmloop's own
+CPU kernel.
 
-A decoding step multiplies one row per sequence by every weight matrix, so at batch 1 its speed
-is how fast the weights stream from memory. oneDNN's packed bf16 product (``packed_linear``)
+A decoding step multiplies one row per sequence by every weight matrix, so at a small batch its
+speed is how fast the weights stream from memory. oneDNN's packed bf16 product (``packed_linear``)
 read them at 20-25 GB/s on a 2-core Zen 4, where a plain sum over the same matrices reads
 31-39 GB/s; the kernel in ``csrc/bf16_row_product.cpp`` (AVX512-BF16 dot products, each thread
-streaming a contiguous range of weight rows) reads them at 30-38 GB/s there.
+streaming a contiguous range of weight rows) reads them at 30-38 GB/s there: 1.3-1.5x for one
+row and for two. For four rows it was no faster than oneDNN, so :data:`MAX_ROWS` is 2.
 
 The kernel is compiled by ``torch.utils.cpp_extension`` (g++ and ninja, ~30 s) the first time a
 process asks for it, and cached (``TORCH_EXTENSIONS_DIR``, default
@@ -34,6 +36,7 @@ SOURCE = Path(__file__).with_name("csrc") / "bf16_row_product.cpp"
 EXTENSION_NAME = "palmloop_bf16_row_product"
 SWITCH = "PALMLOOP_ROW_KERNEL"  # "0" turns the kernel off
 REQUIRED_CPU_FLAGS = frozenset({"avx512f", "avx512bw", "avx512_bf16"})
+MAX_ROWS = 2  # input rows the kernel takes
 # A build's lock file older than this was left by a build that died (torch waits on it forever).
 STALE_LOCK_SECONDS = 600.0
 
@@ -66,7 +69,7 @@ def load() -> ModuleType | None:
         if reason is not None:
             _why_not = reason
             logger.warning(
-                "bf16 one-row kernel not in use: %s; decoding uses oneDNN's products", reason
+                "bf16 decoding kernel not in use: %s; decoding uses oneDNN's products", reason
             )
         _settled = True
     return _module
@@ -75,9 +78,10 @@ def load() -> ModuleType | None:
 def row_product_sum(
     inputs: Sequence[torch.Tensor], weights: Sequence[torch.Tensor]
 ) -> torch.Tensor | None:
-    """``sum_i inputs[i] @ weights[i].T`` for inputs of one row, (..., K_i) with every leading
-    size 1, and contiguous bf16 CPU weights (N, K_i) -> (..., N) bf16, through the kernel; None
-    where the kernel is not available or the tensors do not suit it (the caller falls back)."""
+    """``sum_i inputs[i] @ weights[i].T`` for inputs (..., K_i) of the same one or two rows
+    (:data:`MAX_ROWS`) and contiguous bf16 CPU weights (N, K_i) -> (..., N) bf16, through the
+    kernel; None where the kernel is not available or the tensors do not suit it (the caller
+    falls back)."""
     module = load()
     if module is None or not _suitable(inputs, weights):
         return None
@@ -87,10 +91,11 @@ def row_product_sum(
 
 def _suitable(inputs: Sequence[torch.Tensor], weights: Sequence[torch.Tensor]) -> bool:
     rows_out = weights[0].shape[0] if weights[0].dim() == 2 else -1
-    return all(
+    rows_in = inputs[0].shape[:-1].numel()
+    return 1 <= rows_in <= MAX_ROWS and all(
         x.dtype == torch.bfloat16
         and x.is_cpu
-        and x.numel() == x.shape[-1]
+        and x.shape[:-1].numel() == rows_in
         and w.dtype == torch.bfloat16
         and w.is_cpu
         and w.dim() == 2
@@ -124,7 +129,7 @@ def _build() -> ModuleType:
     )
     seconds = time.monotonic() - started
     if seconds > 5:
-        logger.info("built the bf16 one-row kernel in %.0f s", seconds)
+        logger.info("built the bf16 decoding kernel in %.0f s", seconds)
     return module
 
 

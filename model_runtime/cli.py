@@ -437,9 +437,9 @@ def run_build_kernels(args: argparse.Namespace) -> int:
     from model_runtime import bf16_row_product
 
     if bf16_row_product.load() is not None:
-        print("bf16 one-row kernel: ready")
+        print("bf16 decoding kernel: ready")
     else:
-        print(f"bf16 one-row kernel: not in use, {bf16_row_product.why_unavailable()}")
+        print(f"bf16 decoding kernel: not in use, {bf16_row_product.why_unavailable()}")
     return 0
 
 

@@ -21,9 +21,9 @@ one output (PaLM's attention and feed-forward output projections) as one product
 concatenated inputs and weights: one pass over the weights instead of several, and for small
 weights the fixed cost of a call, which dominates at one row, is paid once.
 
-A product of one row (a decoding step at batch 1) goes to :mod:`bf16_row_product`'s kernel
-where it is available: it streams the plain weights from memory faster than oneDNN reads its
-packed ones, and needs no copy.
+A product of one or two rows (a decoding step at batch 1 or 2) goes to
+:mod:`bf16_row_product`'s kernel where it is available: it streams the plain weights from memory
+faster than oneDNN reads its packed ones, and needs no copy.
 
 A packed copy is made on first use and kept while its weights are unchanged, judged by their
 storage and their version counters. The cache holds an alias of each weight it packed, so that
@@ -127,7 +127,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """``F.linear(x, weight)``: x (..., in), weight (out, in) -> (..., out)."""
     if not _packable_inputs((x,), (weight,)):  # first: training and torch.compile stop here
         return F.linear(x, weight)
-    if _one_row(x):
+    if _few_rows(x):
         streamed = bf16_row_product.row_product_sum((x,), (weight,))
         if streamed is not None:
             return streamed
@@ -149,7 +149,7 @@ def linear_sum(inputs: Sequence[torch.Tensor], weights: Sequence[torch.Tensor]) 
         raise ValueError(f"need one weight per input, got {len(inputs)} and {len(weights)}")
     if not _packable_inputs(inputs, weights):
         return _plain_sum(inputs, weights)
-    if _one_row(inputs[0]):
+    if _few_rows(inputs[0]):
         streamed = bf16_row_product.row_product_sum(inputs, weights)
         if streamed is not None:
             return streamed
@@ -192,10 +192,10 @@ def _packable_inputs(inputs: Sequence[torch.Tensor], weights: Sequence[torch.Ten
     )
 
 
-def _one_row(x: torch.Tensor) -> bool:
-    """A decoding step's input at batch 1: :mod:`bf16_row_product`'s kernel streams the weights
-    faster than oneDNN's packed product."""
-    return x.numel() == x.shape[-1]
+def _few_rows(x: torch.Tensor) -> bool:
+    """A decoding step's input at batch 1 or 2: :mod:`bf16_row_product`'s kernel streams the
+    weights faster than oneDNN's packed product."""
+    return x.numel() <= bf16_row_product.MAX_ROWS * x.shape[-1]
 
 
 def _packable_weight(weight: torch.Tensor) -> bool:

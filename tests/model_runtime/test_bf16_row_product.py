@@ -1,4 +1,4 @@
-"""The bf16 one-row kernel: the products of F.linear (float32 sums, rounded once), used by the
+"""The bf16 decoding kernel: the products of F.linear (float32 sums, rounded once), used by the
 model's one-row products where it runs, and a clean fallback where it does not."""
 
 from __future__ import annotations
@@ -48,12 +48,13 @@ def test_the_kernel_builds_and_loads_on_this_cpu() -> None:
 
 
 @needs_kernel_cpu
+@pytest.mark.parametrize("rows_in", [1, 2])
 @pytest.mark.parametrize("rows_out", [1, 5, 64, 1000])
 @pytest.mark.parametrize("width", [16, 32, 100, 128, 300, 768])
-def test_one_row_products_are_exact_sums_rounded_once(rows_out: int, width: int) -> None:
-    x, w = _bf16(1, width, seed=1), _bf16(rows_out, width, seed=2)
+def test_products_are_exact_sums_rounded_once(rows_in: int, rows_out: int, width: int) -> None:
+    x, w = _bf16(rows_in, width, seed=1), _bf16(rows_out, width, seed=2)
     out = bf16_row_product.row_product_sum((x,), (w,))
-    assert out is not None and out.shape == (1, rows_out) and out.dtype == torch.bfloat16
+    assert out is not None and out.shape == (rows_in, rows_out) and out.dtype == torch.bfloat16
     _assert_rounded_once(out, _reference([x], [w]))
 
 
@@ -64,6 +65,18 @@ def test_a_sum_of_products_over_different_widths_is_rounded_once() -> None:
     out = bf16_row_product.row_product_sum(inputs, weights)
     assert out is not None and out.shape == (1, 1, 96)
     _assert_rounded_once(out[0], _reference([x[0] for x in inputs], weights))
+
+
+@needs_kernel_cpu
+def test_two_rows_of_a_sum_are_each_their_own_sum() -> None:
+    inputs = [_bf16(2, 1, 160, seed=23), _bf16(2, 1, 96, seed=24)]  # a decode step at batch 2
+    weights = [_bf16(50, 160, seed=25), _bf16(50, 96, seed=26)]
+    out = bf16_row_product.row_product_sum(inputs, weights)
+    assert out is not None and out.shape == (2, 1, 50)
+    for row in range(2):
+        alone = bf16_row_product.row_product_sum([x[row] for x in inputs], weights)
+        assert alone is not None and torch.equal(out[row], alone)
+        _assert_rounded_once(out[row], _reference([x[row] for x in inputs], weights))
 
 
 @needs_kernel_cpu
@@ -79,7 +92,9 @@ def test_a_non_contiguous_input_row_is_read_correctly() -> None:
 @needs_kernel_cpu
 def test_tensors_the_kernel_does_not_take_are_left_to_the_caller() -> None:
     w = _bf16(24, 64, seed=11)
-    assert bf16_row_product.row_product_sum((_bf16(2, 64, seed=12),), (w,)) is None  # 2 rows
+    assert bf16_row_product.row_product_sum((_bf16(3, 64, seed=12),), (w,)) is None  # 3 rows
+    rows_differ = (_bf16(2, 64, seed=12), _bf16(1, 32, seed=13))
+    assert bf16_row_product.row_product_sum(rows_differ, (w, _bf16(24, 32, seed=14))) is None
     assert bf16_row_product.row_product_sum((_bf16(1, 64, seed=12).float(),), (w,)) is None
     assert bf16_row_product.row_product_sum((_bf16(1, 32, seed=12),), (w[:, ::2],)) is None
     mismatched = (_bf16(1, 64, seed=12), _bf16(1, 64, seed=13))
@@ -101,12 +116,14 @@ def test_the_model_s_one_row_products_go_to_the_kernel(monkeypatch: pytest.Monke
     w = torch.nn.Parameter(_bf16(48, 64, seed=15))
     with torch.inference_mode():
         one = packed_linear.linear(_bf16(1, 1, 64, seed=16), w)
+        two = packed_linear.linear(_bf16(2, 1, 64, seed=16), w)
         many = packed_linear.linear(_bf16(1, 3, 64, seed=17), w)
         summed = packed_linear.linear_sum(
             (_bf16(1, 64, seed=18), _bf16(1, 32, seed=19)), (w, _bf16(48, 32, seed=20))
         )
-    assert calls == [1, 2]  # the 3-row product stayed with oneDNN
-    assert one.shape == (1, 1, 48) and many.shape == (1, 3, 48) and summed.shape == (1, 48)
+    assert calls == [1, 1, 2]  # the 3-row product stayed with oneDNN
+    assert one.shape == (1, 1, 48) and two.shape == (2, 1, 48)
+    assert many.shape == (1, 3, 48) and summed.shape == (1, 48)
 
 
 @needs_kernel_cpu
@@ -164,7 +181,7 @@ def test_a_failed_build_falls_back_with_a_warning(
     assert bf16_row_product.load() is None  # decided once: no second attempt, no second warning
     reason = bf16_row_product.why_unavailable()
     assert reason is not None and "g++ not found" in reason
-    warnings = [r for r in caplog.records if "bf16 one-row kernel not in use" in r.getMessage()]
+    warnings = [r for r in caplog.records if "bf16 decoding kernel not in use" in r.getMessage()]
     assert len(warnings) == 1
 
 

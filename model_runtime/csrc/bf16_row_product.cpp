@@ -2,9 +2,9 @@
 //     out (M, N) = x_1 (M, K_1) @ W_1 (N, K_1)^T + ... + x_p (M, K_p) @ W_p (N, K_p)^T, M = 1, 2
 // with float32 accumulation and one rounding to bf16 at the end.
 //
-// Why: a decoding step multiplies a row per sequence by every weight matrix, so it is bound by
-// how fast the weights stream from memory. oneDNN's packed bf16 product read them at 20-25 GB/s
-// on a 2-core Zen 4, where a plain sum over the same matrices reads 31-39 GB/s. Here each thread walks a
+// Why: a decoding step multiplies a row per sequence by every weight matrix, so it is bound by how
+// fast the weights stream from memory. oneDNN's packed bf16 product read them at 20-25 GB/s on a
+// 2-core Zen 4, where a plain sum over the same matrices reads 31-39 GB/s. Here each thread walks a
 // contiguous range of weight rows front to back (one stream the hardware prefetcher follows) with
 // four independent accumulators, which read at 30-38 GB/s there (1.3-1.5x oneDNN for one row and
 // for two; for four rows it was no faster, so three or more stay with oneDNN). Loaded by

@@ -15,7 +15,7 @@ COPY manage.py Procfile ./
 RUN pip install . && DEBUG=1 python manage.py collectstatic --noinput
 RUN useradd --create-home palmloop && mkdir -p /app/var /models && chown -R palmloop /app/var /models
 USER palmloop
-# The bf16 decoding kernel (model_runtime/csrc), compiled once into ~/.cache/torch_extensions.
+# palmloop's CPU kernels (model_runtime/csrc), compiled once into ~/.cache/torch_extensions.
 RUN python -m model_runtime build-kernels
 EXPOSE 8000
 CMD ["uvicorn", "webapp.asgi:application", "--host", "0.0.0.0", "--port", "8000"]

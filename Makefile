@@ -14,7 +14,7 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
-# Reinstall whenever pyproject.toml changes; compile the bf16 decoding kernel (cached, ~30 s once).
+# Reinstall whenever pyproject.toml changes; compile palmloop's CPU kernels (cached, ~40 s once).
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e .
 	$(BIN)/python -m model_runtime build-kernels

@@ -4,9 +4,9 @@ Three contenders at ~10M, ~40M and ~120M parameters (vocab 8192, head dim 64, co
 randomly initialised with the same width and depth, in one run:
 
 - **ours**: ``model_runtime.generation.generate`` (KV cache), weights in bf16 (float32 logits);
-  products of one or two rows (decoding at batch 1 or 2) through the kernel of
-  ``model_runtime.bf16_row_product`` where the CPU has AVX512-BF16 (``PALMLOOP_ROW_KERNEL=0``:
-  oneDNN's packed products instead).
+  products of one or two rows (decoding at batch 1 or 2), SwiGLU and rotary through palmloop's
+  own kernels (``model_runtime.cpu_kernels``) where the CPU has AVX512-BF16
+  (``PALMLOOP_CPU_KERNELS=0``: torch's operations and oneDNN's packed products instead).
 - **hf**: ``transformers`` ``GPTNeoXForCausalLM`` (parallel residual, full rotary, SDPA,
   ``use_cache=True``, tied embeddings, ``intermediate_size = 5 * dim`` so that its parameter count
   matches PaLM's SwiGLU block), measured in float32 and in bf16; the faster of the two per figure
@@ -48,7 +48,7 @@ from typing import Any
 import torch
 from _peers import hf_gpt_neox
 
-from model_runtime import bf16_row_product
+from model_runtime import cpu_kernels
 from model_runtime.config import PaLMConfig
 from model_runtime.generation import generate
 from model_runtime.palm import PaLM
@@ -430,8 +430,8 @@ def main() -> None:
     repeats = 1 if args.quick else args.repeats
 
     peers = {name: metadata.version(name) for name in ("transformers", "palm-rlhf-pytorch")}
-    # built (or found cached) before any timing; PALMLOOP_ROW_KERNEL=0 measures without it
-    row_kernel = device.type == "cpu" and bf16_row_product.load() is not None
+    # built (or found cached) before any timing; PALMLOOP_CPU_KERNELS=0 measures without them
+    cpu_kernels_used = device.type == "cpu" and cpu_kernels.load() is not None
     print(
         f"torch {torch.__version__}, transformers {peers['transformers']}, palm-rlhf-pytorch "
         f"{peers['palm-rlhf-pytorch']}, {args.threads} threads, {args.clock} clock, "
@@ -441,9 +441,9 @@ def main() -> None:
     )
     if device.type == "cpu":
         print(
-            "products of one or two rows (decoding at batch 1, 2): "
-            + ("palmloop's bf16 kernel" if row_kernel else "oneDNN")
-            + ("" if row_kernel else f" ({bf16_row_product.why_unavailable()})")
+            "products of one or two rows (decoding at batch 1, 2), SwiGLU, rotary: "
+            + ("palmloop's CPU kernels" if cpu_kernels_used else "torch's operations, oneDNN")
+            + ("" if cpu_kernels_used else f" ({cpu_kernels.why_unavailable()})")
         )
     started = time.perf_counter()
     results = {
@@ -468,7 +468,7 @@ def main() -> None:
         "device": str(device),
         "threads": args.threads,
         "clock": args.clock,
-        "row_kernel": row_kernel,
+        "cpu_kernels": cpu_kernels_used,
         "prompt_tokens": PROMPT_TOKENS,
         "new_tokens": new_tokens,
         "ttft_prompt_tokens": TTFT_PROMPT_TOKENS,

@@ -427,19 +427,20 @@ def add_build_kernels_command(
 ) -> None:
     parser = subparsers.add_parser(
         "build-kernels",
-        help="compile the bf16 decoding kernel now (else the first decode does it, ~30 s)",
+        help="compile palmloop's CPU kernels now (else the first generation does it, ~40 s)",
     )
     parser.set_defaults(func=run_build_kernels)
 
 
 def run_build_kernels(args: argparse.Namespace) -> int:
-    """Exit 0 whether or not the kernel can run here: where it cannot, oneDNN decodes."""
-    from model_runtime import bf16_row_product
+    """Exit 0 whether or not the kernels can run here: where they cannot, torch's operations
+    (oneDNN's products) run instead."""
+    from model_runtime import cpu_kernels
 
-    if bf16_row_product.load() is not None:
-        print("bf16 decoding kernel: ready")
+    if cpu_kernels.load() is not None:
+        print("palmloop CPU kernels: ready")
     else:
-        print(f"bf16 decoding kernel: not in use, {bf16_row_product.why_unavailable()}")
+        print(f"palmloop CPU kernels: not in use, {cpu_kernels.why_unavailable()}")
     return 0
 
 

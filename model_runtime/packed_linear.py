@@ -40,6 +40,7 @@ for weights that met a many-row product.
 
 from __future__ import annotations
 
+import itertools
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -156,12 +157,40 @@ def linear_sum(inputs: Sequence[torch.Tensor], weights: Sequence[torch.Tensor]) 
     if _in_float32(inputs[0]):
         wide = _copy_for(inputs, weights, _SUMS_FLOAT32, _float32_copy)
         if wide is not None:
-            together = torch.cat(tuple(inputs), dim=-1).float()
+            together = _concatenated(inputs).float()
             return F.linear(together, wide).to(inputs[0].dtype)
     packed = _copy_for(inputs, weights, _SUMS, _onednn_copy)
     if packed is None:
         return _plain_sum(inputs, weights)
-    return _product(torch.cat(tuple(inputs), dim=-1), packed)
+    return _product(_concatenated(inputs), packed)
+
+
+def _concatenated(inputs: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``torch.cat(inputs, dim=-1)``; a view, no copy, where the inputs already lie side by side
+    in one tensor (consecutive slices of its last axis, as :class:`palm.ParallelBlock` writes a
+    prefill's attention and feed-forward outputs)."""
+    first = inputs[0]
+    if len(inputs) > 1 and _side_by_side(inputs):
+        width = sum(x.shape[-1] for x in inputs)
+        return first.as_strided((*first.shape[:-1], width), first.stride(), first.storage_offset())
+    return torch.cat(tuple(inputs), dim=-1)
+
+
+def _side_by_side(inputs: Sequence[torch.Tensor]) -> bool:
+    """Whether each input starts where the one before it ends, in every row of one storage."""
+    first = inputs[0]
+    storage = first.untyped_storage().data_ptr()
+    for before, x in itertools.pairwise(inputs):
+        if (
+            x.stride() != first.stride()
+            or x.shape[:-1] != first.shape[:-1]
+            or x.stride(-1) != 1
+            or x.dtype != first.dtype
+            or x.untyped_storage().data_ptr() != storage
+            or x.storage_offset() != before.storage_offset() + before.shape[-1]
+        ):
+            return False
+    return True
 
 
 def _plain_sum(inputs: Sequence[torch.Tensor], weights: Sequence[torch.Tensor]) -> torch.Tensor:

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model_runtime import packed_linear
+from model_runtime import bf16_pointwise, bf16_prefill_attention, packed_linear
 from model_runtime.config import PaLMConfig
 from model_runtime.kv_cache import KVCache
 from model_runtime.rotary import RotaryTables
@@ -38,6 +38,7 @@ INIT_STD = 0.02
 # products, this many new tokens at a time (see _attention_by_products).
 PRODUCTS_ATTENTION_FROM_ROWS = 1024
 ATTENTION_CHUNK_TOKENS = 64
+PREFILL_ATTENTION_CHUNK_TOKENS = 128  # without autograd: no probabilities kept for a backward
 
 
 class ParallelBlock(nn.Module):
@@ -95,17 +96,32 @@ class ParallelBlock(nn.Module):
                 q = rotary.rotate_queries(self.q_norm(qk[:, :, :heads]))  # (B, T, H, dh)
                 k = rotary.rotate_keys(self.k_norm(qk[:, :, heads]))  # (B, T, dh)
             else:
-                qk = rotary.rotate_joint(qk)
-                q, k = qk[:, :, :heads], qk[:, :, heads]  # (B, T, H, dh), (B, T, dh)
+                q, k = _rotate(qk, rotary)  # (B, T, H, dh), (B, T, dh)
         if cache is not None:
             k, v = cache.write(layer, k, v)  # (B, S+T, dh) each
             if k.dtype != q.dtype:
                 k, v = k.to(q.dtype), v.to(q.dtype)
         if mask is not None and mask.dtype != q.dtype:
             mask = mask.to(q.dtype)  # -inf and 0 are exact in every float dtype
-        attn = _attention(q, k, v, mask).reshape(batch, new, heads * dim_head)  # (B, T, H*dh)
-        swiglu = F.silu(ff_gate) * ff_value  # (B, T, ff_inner)
-        if type(self.attn_out) is nn.Linear and type(self.ff_out) is nn.Linear:
+        plain = type(self.attn_out) is nn.Linear and type(self.ff_out) is nn.Linear
+        if (
+            plain
+            and new > 1
+            and not _needs_gradient(
+                q, k, v, ff_value, ff_gate, self.attn_out.weight, self.ff_out.weight
+            )
+        ):
+            # a prefill: attention and SwiGLU written side by side into one tensor, so that the
+            # product over their concatenation (packed_linear.linear_sum) needs no copy of them
+            joined = x.new_empty(batch, new, config.attn_inner + config.ff_inner)
+            attn, swiglu = joined.split_with_sizes([config.attn_inner, config.ff_inner], dim=-1)
+            _attention(q, k, v, mask, out=attn.view(batch, new, heads, dim_head))
+            if bf16_pointwise.swiglu(ff_value, ff_gate, out=swiglu) is None:
+                torch.mul(F.silu(ff_gate, inplace=True), ff_value, out=swiglu)
+        else:
+            attn = _attention(q, k, v, mask).reshape(batch, new, heads * dim_head)  # (B, T, H*dh)
+            swiglu = _swiglu(ff_value, ff_gate)  # (B, T, ff_inner)
+        if plain:
             # one product over [attn, swiglu] and [W_attn_out, W_ff_out] where that is faster
             projected = packed_linear.linear_sum(
                 (attn, swiglu), (self.attn_out.weight, self.ff_out.weight)
@@ -142,40 +158,82 @@ class ParallelBlock(nn.Module):
         return rotary.last().rotate_queries(q), rotary.rotate_keys(k), v, ff_value, ff_gate
 
 
+def _needs_gradient(*tensors: torch.Tensor) -> bool:
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
+def _rotate(qk: torch.Tensor, rotary: RotaryTables) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rotated queries (B, T, H, dh) and key (B, T, dh) of the fused projection's adjacent
+    ``qk`` (B, T, H + 1, dh): one pass of :mod:`bf16_pointwise`'s kernel where it runs."""
+    rotated = bf16_pointwise.rotate_qk(qk, rotary.queries[:, :, 0], rotary.keys)
+    if rotated is not None:
+        return rotated
+    qk = rotary.rotate_joint(qk)
+    heads = qk.shape[2] - 1
+    return qk[:, :, :heads], qk[:, :, heads]
+
+
+def _swiglu(value: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+    """``silu(gate) * value``: one pass of :mod:`bf16_pointwise`'s kernel where it runs."""
+    fused = bf16_pointwise.swiglu(value, gate)
+    return fused if fused is not None else F.silu(gate) * value
+
+
 def _attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor | None,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Multi-query attention with the heads folded into the query axis: q (B, T, H, dh), k and
-    v (B, S+T, dh), ``mask`` as in :meth:`ParallelBlock.forward` -> (B, 1, T*H, dh).
+    v (B, S+T, dh), ``mask`` as in :meth:`ParallelBlock.forward` -> (B, 1, T*H, dh); or, given
+    ``out`` (B, T, H, dh), written there (no autograd) and returned as it is.
 
     One SDPA call unless :func:`_attention_by_products` is faster: on CPU, under a mask, from
     :data:`PRODUCTS_ATTENTION_FROM_ROWS` query rows (B*T*H) on.
     """
     batch, new, heads, dim_head = q.shape
+    # a prefill without autograd: the kernel where it runs, at any size
+    if (
+        out is not None
+        and mask is not None
+        and bf16_prefill_attention.prefill_attention(q, k, v, mask, out) is not None
+    ):
+        return out
     if mask is not None and q.is_cpu and batch * new * heads >= PRODUCTS_ATTENTION_FROM_ROWS:
-        return _attention_by_products(q, k, v, mask)
-    out: torch.Tensor = F.scaled_dot_product_attention(
+        return _attention_by_products(q, k, v, mask, out)
+    result: torch.Tensor = F.scaled_dot_product_attention(
         q.reshape(batch, 1, new * heads, dim_head), k.unsqueeze(1), v.unsqueeze(1), attn_mask=mask
     )
-    return out
+    if out is None:
+        return result
+    return out.copy_(result.view(out.shape))
 
 
 def _attention_by_products(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """:func:`_attention` as batched matrix products, :data:`ATTENTION_CHUNK_TOKENS` new tokens
-    at a time, each chunk against the keys it may see (the S held and its own tokens and those
-    before: the causal mask hides every later one).
+    at a time (:data:`PREFILL_ATTENTION_CHUNK_TOKENS` without autograd), each chunk against the
+    keys it may see (the S held and its own tokens and those before: the causal mask hides every
+    later one).
 
     SDPA on CPU cannot skip what a mask hides, and its fused kernel ran at ~200 GFLOP/s here
-    (bf16, 2 threads, head dim 64) against ~970 for a large bf16 product. Scores are products
-    in the inputs' dtype (bf16 under autocast, as eager attention computes them), then
-    softmax in float32. Measured forward and backward, against one SDPA call: 8 x 256 tokens
-    with 4, 8 and 12 heads 8.8 -> 3.8, 17.2 -> 7.6 and 25.1 -> 10.7 ms; 4 x 512 with 8 heads
-    31.2 -> 13.2 ms; forward alone (a prefill of 256 tokens, 8 heads) 0.64 -> 0.48 ms. The
-    price is memory while training: each chunk's probabilities are kept for the backward pass
-    (float32 and bf16: 6 bytes per score), B*T*H*(S+T)/2 scores or so per layer, where fused
-    attention keeps none.
+    (bf16, 2 threads, head dim 64) against ~970 for a large bf16 product. Scores are one
+    ``baddbmm`` (scale * q k^T + mask) in the inputs' dtype (bf16 under autocast, as eager
+    attention computes them), then softmax in float32 (computed in float32 and rounded once
+    when no gradient is needed). Measured forward and backward, against one SDPA call: 8 x 256
+    tokens with 4, 8 and 12 heads 8.8 -> 3.8, 17.2 -> 7.6 and 25.1 -> 10.7 ms; 4 x 512 with 8
+    heads 31.2 -> 13.2 ms. Forward alone, a prefill of 256 tokens with 12 heads (2026-11-27,
+    Zen 4): SDPA 1.8 ms, products 1.40, with ``baddbmm`` and the softmax in one pass 1.03 (the
+    same bits), in chunks of 128 tokens 0.91. The price is memory while training: each chunk's
+    probabilities are kept for the backward pass (float32 and bf16: 6 bytes per score),
+    B*T*H*(S+T)/2 scores or so per layer, where fused attention keeps none.
     """
     batch, new, heads, dim_head = q.shape
     held = k.shape[1] - new
@@ -184,16 +242,28 @@ def _attention_by_products(
     masks = mask.squeeze(1)  # (B or 1, T*H, S+T)
     scale = dim_head**-0.5
     outs = []
-    for start in range(0, new, ATTENTION_CHUNK_TOKENS):
-        stop = min(new, start + ATTENTION_CHUNK_TOKENS)
+    training = _needs_gradient(q, k, v)
+    chunk_tokens = ATTENTION_CHUNK_TOKENS if training else PREFILL_ATTENTION_CHUNK_TOKENS
+    for start in range(0, new, chunk_tokens):
+        stop = min(new, start + chunk_tokens)
         seen = held + stop  # keys this chunk may see
         rows = slice(start * heads, stop * heads)
-        scores = torch.bmm(folded[:, rows], keys_t[:, :, :seen]).float()  # (B, r, seen)
-        scores = scores.mul_(scale).add_(masks[:, rows, :seen])
-        probs = torch.softmax(scores, dim=-1).to(v.dtype)
-        outs.append(torch.bmm(probs, v[:, :seen]))  # (B, r, dh)
-    out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
-    return out.unsqueeze(1)  # (B, 1, T*H, dh)
+        # scale * q k^T + mask in one product, rounded once to the inputs' dtype
+        scores = torch.baddbmm(
+            masks[:, rows, :seen], folded[:, rows], keys_t[:, :, :seen], alpha=scale
+        )  # (B, r, seen)
+        if training:  # softmax and its backward in float32
+            probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(v.dtype)
+        else:  # computed in float32 inside, rounded once: the same bits, one pass fewer
+            probs = torch.softmax(scores, dim=-1)
+        chunk = torch.bmm(probs, v[:, :seen])  # (B, r, dh)
+        if out is None:
+            outs.append(chunk)
+        else:
+            out[:, start:stop].copy_(chunk.view(batch, stop - start, heads, dim_head))
+    if out is not None:
+        return out
+    return (outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)).unsqueeze(1)  # (B, 1, T*H, dh)
 
 
 def _project(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:

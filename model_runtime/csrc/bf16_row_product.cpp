@@ -9,9 +9,11 @@
 // four independent accumulators, which read at 30-38 GB/s there (1.3-1.5x oneDNN for one row and
 // for two; for four rows it was no faster, so three or more stay with oneDNN). Loaded by
 // model_runtime/bf16_row_product.py, which builds it on first use and checks the CPU first.
+#include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <immintrin.h>
-#include <torch/extension.h>
+
+#include "kernels.h"
 
 #include <cstdint>
 #include <vector>
@@ -75,19 +77,21 @@ __attribute__((target("avx512f,avx512bw,avx512bf16"))) void product_rows(
   }
 }
 
-torch::Tensor row_product_sum(const std::vector<torch::Tensor>& inputs,
-                              const std::vector<torch::Tensor>& weights) {
+}  // namespace
+
+at::Tensor row_product_sum(const std::vector<at::Tensor>& inputs,
+                           const std::vector<at::Tensor>& weights) {
   TORCH_CHECK(!inputs.empty() && inputs.size() == weights.size(),
               "need one weight per input, got ", inputs.size(), " and ", weights.size());
   const int64_t rows_out = weights[0].size(0);
   const int64_t rows_in = inputs[0].numel() / std::max<int64_t>(1, weights[0].size(1));
   TORCH_CHECK(rows_in == 1 || rows_in == 2, "one or two input rows only, got ", rows_in);
   std::vector<Operand> operands;
-  std::vector<torch::Tensor> held;  // contiguous inputs, alive until the product is done
+  std::vector<at::Tensor> held;  // contiguous inputs, alive until the product is done
   int64_t bytes_per_row = 0;
   for (size_t i = 0; i < inputs.size(); ++i) {
-    const torch::Tensor& w = weights[i];
-    torch::Tensor x = inputs[i].contiguous();
+    const at::Tensor& w = weights[i];
+    at::Tensor x = inputs[i].contiguous();
     TORCH_CHECK(x.scalar_type() == at::kBFloat16 && w.scalar_type() == at::kBFloat16,
                 "bf16 inputs and weights only");
     TORCH_CHECK(x.device().is_cpu() && w.device().is_cpu(), "CPU tensors only");
@@ -100,7 +104,7 @@ torch::Tensor row_product_sum(const std::vector<torch::Tensor>& inputs,
     bytes_per_row += 2 * w.size(1);
     held.push_back(std::move(x));
   }
-  torch::Tensor out = torch::empty({rows_in, rows_out}, inputs[0].options());
+  at::Tensor out = at::empty({rows_in, rows_out}, inputs[0].options());
   at::BFloat16* out_data = out.data_ptr<at::BFloat16>();
   // at least ~64 KB of weights per task, so that a small matrix is not split across threads
   const int64_t grain = std::max<int64_t>(1, (64 * 1024) / std::max<int64_t>(1, bytes_per_row));
@@ -114,10 +118,3 @@ torch::Tensor row_product_sum(const std::vector<torch::Tensor>& inputs,
   return out;
 }
 
-}  // namespace
-
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("row_product_sum", &row_product_sum,
-        "sum_i x_i @ W_i^T for bf16 rows x_i (M, K_i), M = 1 or 2, and bf16 weights W_i (N, K_i) "
-        "-> (M, N)");
-}

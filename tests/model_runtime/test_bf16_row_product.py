@@ -1,24 +1,21 @@
-"""The bf16 decoding kernel: the products of F.linear (float32 sums, rounded once), used by the
-model's one-row products where it runs, and a clean fallback where it does not."""
+"""The bf16 decoding kernel (row_product_sum): the products of F.linear (float32 sums, rounded
+once), used by the model's one-row products where it runs. Building, switching off and falling
+back: test_cpu_kernels.py."""
 
 from __future__ import annotations
-
-import os
-import time
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from model_runtime import bf16_row_product, packed_linear
+from model_runtime import bf16_row_product, cpu_kernels, packed_linear
 from model_runtime.config import PaLMConfig
 from model_runtime.cpu_features import cpu_flags
 from model_runtime.palm import KVCache, PaLM
 
 needs_kernel_cpu = pytest.mark.skipif(
-    not cpu_flags() >= bf16_row_product.REQUIRED_CPU_FLAGS,
-    reason="this CPU lacks AVX512-BF16 / AVX512-BW: the kernel is not used here",
+    not cpu_flags() >= cpu_kernels.REQUIRED_CPU_FLAGS,
+    reason="this CPU lacks AVX512-BF16 / AVX512-BW / AVX512-VL: the kernel is not used here",
 )
 
 
@@ -39,12 +36,6 @@ def _assert_rounded_once(out: torch.Tensor, exact: torch.Tensor) -> None:
     error = (out.double() - exact).abs()
     allowed = exact.abs() * 2.0**-7 + 1e-4 * exact.abs().max()
     assert bool((error <= allowed).all()), float((error - allowed).max())
-
-
-@needs_kernel_cpu
-def test_the_kernel_builds_and_loads_on_this_cpu() -> None:
-    assert bf16_row_product.load() is not None, bf16_row_product.why_unavailable()
-    assert bf16_row_product.why_unavailable() is None
 
 
 @needs_kernel_cpu
@@ -142,69 +133,3 @@ def test_cached_decoding_with_the_kernel_matches_a_full_forward() -> None:
     stepped = torch.stack(steps, dim=1)  # (1, 9, V)
     torch.testing.assert_close(stepped, full[:, 3:], atol=0.05, rtol=0.05)
     assert torch.equal(stepped.argmax(-1), full[:, 3:].argmax(-1))
-
-
-def test_switched_off_it_is_not_built(monkeypatch: pytest.MonkeyPatch) -> None:
-    _forget_decision(monkeypatch)
-    monkeypatch.setenv(bf16_row_product.SWITCH, "0")
-    built: list[bool] = []
-    monkeypatch.setattr(bf16_row_product, "_build", lambda: built.append(True))
-    assert bf16_row_product.load() is None
-    assert built == []
-    assert f"{bf16_row_product.SWITCH} turns it off" == bf16_row_product.why_unavailable()
-    x, w = _bf16(1, 64, seed=21), _bf16(8, 64, seed=22)
-    assert bf16_row_product.row_product_sum((x,), (w,)) is None
-    with torch.inference_mode():  # the model's products still work, through oneDNN
-        torch.testing.assert_close(packed_linear.linear(x, w), F.linear(x, w), atol=0.05, rtol=0.01)
-
-
-def test_a_cpu_without_the_instructions_does_not_build_it(monkeypatch: pytest.MonkeyPatch) -> None:
-    _forget_decision(monkeypatch)
-    monkeypatch.delenv(bf16_row_product.SWITCH, raising=False)
-    monkeypatch.setattr(bf16_row_product, "cpu_flags", lambda: frozenset({"avx2", "avx512f"}))
-    assert bf16_row_product.load() is None
-    assert bf16_row_product.why_unavailable() == "this CPU lacks avx512_bf16, avx512bw"
-
-
-def test_a_failed_build_falls_back_with_a_warning(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
-    _forget_decision(monkeypatch)
-    monkeypatch.delenv(bf16_row_product.SWITCH, raising=False)
-    monkeypatch.setattr(bf16_row_product, "cpu_flags", lambda: bf16_row_product.REQUIRED_CPU_FLAGS)
-
-    def no_compiler() -> None:
-        raise RuntimeError("Error building extension: g++ not found")
-
-    monkeypatch.setattr(bf16_row_product, "_build", no_compiler)
-    assert bf16_row_product.load() is None
-    assert bf16_row_product.load() is None  # decided once: no second attempt, no second warning
-    reason = bf16_row_product.why_unavailable()
-    assert reason is not None and "g++ not found" in reason
-    warnings = [r for r in caplog.records if "bf16 decoding kernel not in use" in r.getMessage()]
-    assert len(warnings) == 1
-
-
-def test_a_lock_left_by_a_dead_build_is_removed(tmp_path: Path) -> None:
-    """torch waits forever on a build directory's lock file; one older than a build could take
-    was left by a build that was killed."""
-    stale = tmp_path / "stale"
-    stale.mkdir()
-    (stale / "lock").touch()
-    old = time.time() - bf16_row_product.STALE_LOCK_SECONDS - 60
-    os.utime(stale / "lock", (old, old))
-    fresh = tmp_path / "fresh"
-    fresh.mkdir()
-    (fresh / "lock").touch()
-    bf16_row_product._remove_stale_lock(stale)
-    bf16_row_product._remove_stale_lock(fresh)
-    bf16_row_product._remove_stale_lock(tmp_path / "never-built")
-    assert not (stale / "lock").exists()
-    assert (fresh / "lock").exists()  # another process may be building right now
-
-
-def _forget_decision(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A fresh process's view: nothing decided yet (restored after the test)."""
-    monkeypatch.setattr(bf16_row_product, "_settled", False)
-    monkeypatch.setattr(bf16_row_product, "_module", None)
-    monkeypatch.setattr(bf16_row_product, "_why_not", None)

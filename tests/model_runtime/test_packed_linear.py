@@ -88,6 +88,32 @@ def test_sum_of_products_is_one_product_over_concatenations() -> None:
         linear_sum((x1,), (w1, w2))
 
 
+@needs_bf16_kernels
+@pytest.mark.usefixtures("bf16_arithmetic")
+def test_inputs_side_by_side_in_one_tensor_are_not_copied(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A prefill writes attention and SwiGLU into one joined tensor: the product reads it as
+    it is, and gives what it gives for separate inputs."""
+    w1, w2 = _weight(24, 16, seed=0), _weight(24, 40, seed=2)
+    joined = _input(2, 3, 56, seed=5)
+    x1, x2 = joined.split_with_sizes([16, 40], dim=-1)
+    seen: list[torch.Tensor] = []
+    concatenated = packed_linear._concatenated
+
+    def spying(inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        seen.append(concatenated(inputs))
+        return seen[-1]
+
+    monkeypatch.setattr(packed_linear, "_concatenated", spying)
+    with torch.inference_mode():
+        out = linear_sum((x1, x2), (w1, w2))
+        apart = linear_sum((x1.contiguous(), x2.contiguous()), (w1, w2))
+        swapped = linear_sum((x2, x1), (w2, w1))  # not in the order they lie: concatenated
+    assert seen[0].data_ptr() == joined.data_ptr() and seen[0].shape == joined.shape
+    assert seen[1].data_ptr() != joined.data_ptr() and seen[2].data_ptr() != joined.data_ptr()
+    assert torch.equal(out, apart)
+    torch.testing.assert_close(swapped.float(), out.float(), atol=BF16_ATOL, rtol=0)
+
+
 def _changes() -> list[tuple[str, Callable[[torch.nn.Parameter], None]]]:
     def scale(w: torch.nn.Parameter) -> None:
         with torch.no_grad():

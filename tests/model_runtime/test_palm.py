@@ -265,10 +265,26 @@ def test_last_only_gives_the_last_hidden_state_and_the_same_cache(
             torch.testing.assert_close(a, b, atol=FP32_ATOL, rtol=0)
 
 
+@pytest.mark.parametrize("products", [False, True])
+def test_a_prefill_without_autograd_gives_the_logits_of_a_training_forward(
+    tiny_model: PaLM, monkeypatch: pytest.MonkeyPatch, products: bool
+) -> None:
+    """Without autograd a block writes attention (in place, chunk by chunk) and SwiGLU into one
+    joined input for the output projection; with it, they are separate tensors."""
+    _attention_as(monkeypatch, products=products)
+    tokens = _tokens(2, 8)
+    with torch.no_grad():
+        joined = tiny_model(tokens)
+    separate = tiny_model(tokens)  # parameters require gradients: the training path
+    assert separate.requires_grad and not joined.requires_grad
+    torch.testing.assert_close(joined, separate.detach(), atol=FP32_ATOL, rtol=0)
+
+
 def _attention_as(monkeypatch: pytest.MonkeyPatch, *, products: bool) -> None:
     """Attention as SDPA, or as matrix products 3 new tokens at a time (uneven chunks)."""
     monkeypatch.setattr(palm, "PRODUCTS_ATTENTION_FROM_ROWS", 1 if products else 10**9)
     monkeypatch.setattr(palm, "ATTENTION_CHUNK_TOKENS", 3)
+    monkeypatch.setattr(palm, "PREFILL_ATTENTION_CHUNK_TOKENS", 3)
 
 
 @pytest.mark.parametrize("case", ["causal", "padded", "after_cache"])

@@ -5,8 +5,9 @@ Both compute in float32 and round once to bf16. As torch operations SwiGLU makes
 (silu, then the product, then a copy into the concatenated input of the output projection) and
 rotary four (widen, complex product, narrow, then a copy of the strided query heads); the kernels
 read their inputs where they lie in the fused projection's output and write contiguous results.
-Each function returns None where the kernels are not available, the tensors do not suit them, or
-a gradient is needed (the kernels have no backward): the caller then runs torch's operations.
+Each function returns None where the kernels are not available, the tensors do not suit them, a
+gradient is needed (the kernels have no backward) or ``torch.compile`` is tracing (it cannot
+trace into them): the caller then runs torch's operations.
 """
 
 from __future__ import annotations
@@ -23,8 +24,12 @@ def swiglu(
     contiguous and whose rows are evenly spaced (slices of the fused projection qualify), into
     ``out`` (such a tensor too) or a new contiguous tensor; None, ``out`` untouched, where the
     kernel cannot run."""
+    if torch.compiler.is_compiling() or not _suitable_swiglu(
+        value, gate, value if out is None else out
+    ):
+        return None
     module = cpu_kernels.load()
-    if module is None or not _suitable_swiglu(value, gate, value if out is None else out):
+    if module is None:
         return None
     if out is None:
         out = torch.empty(value.shape, dtype=value.dtype)
@@ -38,8 +43,10 @@ def rotate_qk(
     """The H query heads and the key of ``qk`` (B, T, H + 1, dh) bf16, each feature pair times
     its complex factor: ``query_factors`` and ``key_factors`` (B or 1, T, dh/2) complex64 ->
     q (B, T, H, dh) and k (B, T, dh), contiguous bf16; None where the kernels cannot run."""
+    if torch.compiler.is_compiling() or not _suitable_rotary(qk, query_factors, key_factors):
+        return None
     module = cpu_kernels.load()
-    if module is None or not _suitable_rotary(qk, query_factors, key_factors):
+    if module is None:
         return None
     q, k = module.rotate_qk(
         qk,

@@ -24,8 +24,10 @@ def prefill_attention(
     (B, S+T, dh) under the additive ``mask`` (B or 1, 1, T*H, S+T) (rows ordered (token,
     head), causal: a query never sees a later key), written into ``out`` (B, T, H, dh) and
     returned; None, ``out`` untouched, where the kernel cannot run (the caller falls back)."""
+    if torch.compiler.is_compiling() or not _suitable(q, k, v, mask, out):
+        return None
     module = cpu_kernels.load()
-    if module is None or not _suitable(q, k, v, mask, out):
+    if module is None:
         return None
     module.prefill_attention(q, k, v, mask.squeeze(1), out)
     return out

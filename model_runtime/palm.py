@@ -113,7 +113,7 @@ class ParallelBlock(nn.Module):
         ):
             # a prefill: attention and SwiGLU written side by side into one tensor, so that the
             # product over their concatenation (packed_linear.linear_sum) needs no copy of them
-            joined = x.new_empty(batch, new, config.attn_inner + config.ff_inner)
+            joined = q.new_empty(batch, new, config.attn_inner + config.ff_inner)
             attn, swiglu = joined.split_with_sizes([config.attn_inner, config.ff_inner], dim=-1)
             _attention(q, k, v, mask, out=attn.view(batch, new, heads, dim_head))
             if bf16_pointwise.swiglu(ff_value, ff_gate, out=swiglu) is None:

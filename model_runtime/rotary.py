@@ -29,7 +29,8 @@ from model_runtime.config import PaLMConfig
 
 @dataclass(frozen=True)
 class RotaryTables:
-    """complex64 factors for the pairs of one forward pass's T positions.
+    """complex64 factors for the pairs of one forward pass's T positions (under
+    ``torch.compile``, float32 (real, imaginary) pairs: one more trailing axis of 2).
 
     ``queries``: (B or 1, T, 1, dh/2); ``keys``: (B or 1, T, dh/2); ``joint``:
     (B or 1, T, H + 1, dh/2), the query factor for the H query heads then the key factor, for
@@ -63,11 +64,11 @@ class RotaryTables:
         table without reading the positions back from the device (no host sync, and no graph
         break under ``torch.compile``)."""
         inside = start >= 0 and start + length <= config.max_seq_len
-        if inside and not torch.compiler.is_compiling():  # compiled: computed in the graph
+        if inside and not torch.compiler.is_compiling():
             joint = _position_table(config, device)[start : start + length][None]  # (1, T, ...)
-        else:
+        else:  # compiled: computed in the graph, as real (cos, sin) pairs (see _rotate)
             positions = torch.arange(start, start + length, device=device)[None]
-            joint = _joint_factors(config, positions)
+            joint = _joint_factors(config, positions, real=torch.compiler.is_compiling())
         return cls._of_joint(config, joint)
 
     @classmethod
@@ -94,8 +95,11 @@ class RotaryTables:
         return _rotate(qk, self.joint)
 
 
-def _joint_factors(config: PaLMConfig, positions: torch.Tensor) -> torch.Tensor:
-    """complex64 (B or 1, T, H + 1, dh/2): the query factor for the H heads, then the key's."""
+def _joint_factors(
+    config: PaLMConfig, positions: torch.Tensor, *, real: bool = False
+) -> torch.Tensor:
+    """complex64 (B or 1, T, H + 1, dh/2): the query factor for the H heads, then the key's;
+    ``real``: the same as float32 (..., dh/2, 2) (real, imaginary) pairs."""
     device = positions.device
     half = config.dim_head // 2
     exponents = torch.arange(half, device=device, dtype=torch.float32) * 2 / config.dim_head
@@ -108,12 +112,17 @@ def _joint_factors(config: PaLMConfig, positions: torch.Tensor) -> torch.Tensor:
         q_scale = zeta ** power[..., None]  # (B, T, dh/2)
     else:
         q_scale = torch.ones_like(angles)
-    queries = torch.polar(q_scale, angles)  # (B, T, dh/2) complex64
-    keys = torch.polar(q_scale.reciprocal(), angles)
-    rows, new, _ = queries.shape
+    if real:
+        unit = torch.stack((torch.cos(angles), torch.sin(angles)), dim=-1)  # (B, T, dh/2, 2)
+        queries, keys = unit * q_scale[..., None], unit * q_scale.reciprocal()[..., None]
+    else:
+        queries = torch.polar(q_scale, angles)  # (B, T, dh/2) complex64
+        keys = torch.polar(q_scale.reciprocal(), angles)
+    rows, new = queries.shape[:2]
+    shape = (rows, new, config.heads, *queries.shape[2:])
     return torch.cat(
-        (queries[:, :, None].expand(rows, new, config.heads, half), keys[:, :, None]), dim=2
-    )  # (B, T, H + 1, dh/2)
+        (queries[:, :, None].expand(shape), keys[:, :, None]), dim=2
+    )  # (B, T, H + 1, dh/2) complex or (B, T, H + 1, dh/2, 2) real
 
 
 @lru_cache(maxsize=8)
@@ -126,7 +135,17 @@ def _position_table(config: PaLMConfig, device: torch.device) -> torch.Tensor:
 
 
 def _rotate(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    """Multiply each feature pair of ``x`` (..., dh) by ``factor`` (..., dh/2), in float32."""
+    """Multiply each feature pair of ``x`` (..., dh) by ``factor`` (..., dh/2), in float32.
+
+    Under ``torch.compile`` the factors are real (..., dh/2, 2) pairs and the product is written
+    out in real arithmetic: Inductor generates no code for complex operations (it runs them one
+    by one, eagerly), but fuses this into one kernel with the casts, forward and backward."""
+    if not factor.is_complex():
+        wide = x.float().reshape(*x.shape[:-1], -1, 2)  # (..., dh/2, 2)
+        x0, x1 = wide[..., 0], wide[..., 1]
+        cos, sin = factor[..., 0], factor[..., 1]
+        turned = torch.stack((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1)
+        return turned.flatten(-2).to(x.dtype)
     # view_as_complex / view_as_real, not ``.view(dtype)``: a dtype view that changes the element
     # size is not differentiable, and would cut queries and keys out of the backward pass.
     wide = x.float()

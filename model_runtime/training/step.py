@@ -106,16 +106,17 @@ class _LinearCrossEntropy(torch.autograd.Function):
             target = labels[start:stop]  # (n,)
             ignored = target == IGNORE_INDEX  # (n,)
             safe = target.masked_fill(ignored, 0)[:, None]  # (n, 1)
-            logp = torch.log_softmax((h @ w.T).float(), dim=-1)  # (n, V)
+            # in float32 from the compute-dtype logits, without a widened copy of them
+            logp = torch.log_softmax(h @ w.T, dim=-1, dtype=torch.float32)  # (n, V)
             picked = logp.gather(1, safe).squeeze(1)  # (n,)
             total -= picked.masked_fill(ignored, 0.0).sum()
             if grad_hidden is not None and grad_weight is not None and pending is not None:
                 grad = logp.exp_()  # softmax: d loss / d logits is softmax - onehot(label)
                 grad.scatter_add_(1, safe, torch.full_like(picked[:, None], -1.0))
-                grad.masked_fill_(ignored[:, None], 0.0)
                 group_start = start - start % group_rows
                 grad_c = pending[start - group_start : stop - group_start]  # (n, V)
-                grad_c.copy_(grad)
+                # rows of ignored labels zeroed in the same pass as the narrowing copy
+                torch.mul(grad, (~ignored)[:, None], out=grad_c)
                 grad_hidden[start:stop] = grad_c @ w  # (n, D)
                 if stop == rows or stop - group_start == group_rows:
                     grad_weight += (

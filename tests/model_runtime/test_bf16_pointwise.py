@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from model_runtime import bf16_pointwise, cpu_kernels, palm
+from model_runtime import bf16_pointwise, bf16_prefill_attention, cpu_kernels, palm
 from model_runtime.config import PaLMConfig
 from model_runtime.cpu_features import cpu_flags
 from model_runtime.palm import PaLM
@@ -154,3 +154,30 @@ def test_the_model_s_prefill_and_decoding_run_through_the_kernels(
     model.float().train()
     model(torch.randint(1, 128, (1, 6))).sum().backward()  # training: torch's operations
     assert all(call.endswith("fell back") for call in calls)
+
+
+def test_evaluation_under_autocast_runs_through_the_kernels(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The trainer evaluates float32 weights under bf16 autocast without autograd: activations
+    are bf16, so the kernels take them, and the loss is the training forward's."""
+    taken: list[bool] = []
+    for module, name in ((bf16_pointwise, "swiglu"), (bf16_prefill_attention, "prefill_attention")):
+        real = getattr(module, name)
+
+        def counting(*args: object, _real=real, **kwargs: object) -> object:
+            result = _real(*args, **kwargs)
+            taken.append(result is not None)
+            return result
+
+        monkeypatch.setattr(module, name, counting)
+    torch.manual_seed(0)
+    config = PaLMConfig(vocab_size=128, dim=128, depth=2, heads=2, dim_head=64, max_seq_len=32)
+    model = PaLM(config).eval()
+    tokens = torch.randint(1, 128, (2, 12))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.no_grad():
+            evaluated = model(tokens)
+        assert taken == [True] * 4  # attention and SwiGLU in each of two layers
+        trained = model(tokens)
+    torch.testing.assert_close(evaluated, trained.detach(), atol=0.1, rtol=0.05)

@@ -163,3 +163,24 @@ def test_rotation_passes_gradients_back_to_its_input() -> None:
     # d/dx of Re(conj(w) * f * x) over pairs: conj(f) * w (as a real pair)
     expected = torch.view_as_real(factor.conj() * w_pairs).flatten(-2)
     torch.testing.assert_close(x.grad.double(), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_the_real_factors_torch_compile_uses_rotate_as_the_complex_ones() -> None:
+    # Under torch.compile the tables are (real, imaginary) pairs and the rotation is written in
+    # real arithmetic (Inductor fuses it); eagerly they are complex: the same factors, the same
+    # rotation, float32 and bf16 inputs, contiguous or not.
+    from model_runtime.rotary import _joint_factors, _rotate
+
+    config = _config(dim=24, heads=3, dim_head=8, max_seq_len=32, xpos_scale_base=16)
+    positions = torch.tensor([[0, 3, 17, 31], [2, 2, 40, 5]])
+    complex_factors = _joint_factors(config, positions)
+    real_factors = _joint_factors(config, positions, real=True)
+    assert real_factors.shape == (*complex_factors.shape, 2)
+    torch.testing.assert_close(real_factors, torch.view_as_real(complex_factors))
+    fused = torch.randn(2, 4, 40)
+    qk = fused[..., :32].view(2, 4, 4, 8)  # strided, as the fused projection's columns are
+    for x in (qk, qk.bfloat16()):
+        expected = _rotate(x, complex_factors)
+        got = _rotate(x, real_factors)
+        assert got.dtype == x.dtype
+        torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-5)

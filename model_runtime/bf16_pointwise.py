@@ -24,11 +24,10 @@ def swiglu(
     contiguous and whose rows are evenly spaced (slices of the fused projection qualify), into
     ``out`` (such a tensor too) or a new contiguous tensor; None, ``out`` untouched, where the
     kernel cannot run."""
-    if torch.compiler.is_compiling() or not _suitable_swiglu(
-        value, gate, value if out is None else out
-    ):
+    target = value if out is None else out
+    if not _suitable_swiglu(value, gate, target):
         return None
-    module = cpu_kernels.load()
+    module = cpu_kernels.load_for(value, gate, target)
     if module is None:
         return None
     if out is None:
@@ -43,9 +42,9 @@ def rotate_qk(
     """The H query heads and the key of ``qk`` (B, T, H + 1, dh) bf16, each feature pair times
     its complex factor: ``query_factors`` and ``key_factors`` (B or 1, T, dh/2) complex64 ->
     q (B, T, H, dh) and k (B, T, dh), contiguous bf16; None where the kernels cannot run."""
-    if torch.compiler.is_compiling() or not _suitable_rotary(qk, query_factors, key_factors):
+    if not _suitable_rotary(qk, query_factors, key_factors):
         return None
-    module = cpu_kernels.load()
+    module = cpu_kernels.load_for(qk, query_factors, key_factors)
     if module is None:
         return None
     q, k = module.rotate_qk(
@@ -54,10 +53,6 @@ def rotate_qk(
         torch.view_as_real(key_factors).flatten(-2),
     )
     return q, k
-
-
-def _no_gradient(*tensors: torch.Tensor) -> bool:
-    return not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
 
 
 def _evenly_spaced_rows(t: torch.Tensor) -> bool:
@@ -74,7 +69,7 @@ def _evenly_spaced_rows(t: torch.Tensor) -> bool:
 
 def _suitable_swiglu(value: torch.Tensor, gate: torch.Tensor, out: torch.Tensor) -> bool:
     tensors = (value, gate, out)
-    return _no_gradient(*tensors) and all(
+    return all(
         t.dtype == torch.bfloat16 and t.is_cpu and t.shape == out.shape and _evenly_spaced_rows(t)
         for t in tensors
     )
@@ -87,8 +82,7 @@ def _suitable_rotary(
         return False
     batch, positions, joint, dim_head = qk.shape
     return (
-        _no_gradient(qk)
-        and joint >= 2
+        joint >= 2
         and dim_head % 2 == 0
         and all(
             f.dtype == torch.complex64

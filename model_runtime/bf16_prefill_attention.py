@@ -24,9 +24,9 @@ def prefill_attention(
     (B, S+T, dh) under the additive ``mask`` (B or 1, 1, T*H, S+T) (rows ordered (token,
     head), causal: a query never sees a later key), written into ``out`` (B, T, H, dh) and
     returned; None, ``out`` untouched, where the kernel cannot run (the caller falls back)."""
-    if torch.compiler.is_compiling() or not _suitable(q, k, v, mask, out):
+    if not _suitable(q, k, v, mask, out):
         return None
-    module = cpu_kernels.load()
+    module = cpu_kernels.load_for(q, k, v, mask, out)
     if module is None:
         return None
     module.prefill_attention(q, k, v, mask.squeeze(1), out)
@@ -38,8 +38,6 @@ def _suitable(
 ) -> bool:
     tensors = (q, k, v, mask, out)
     if any(t.dtype != torch.bfloat16 or not t.is_cpu for t in tensors):
-        return False
-    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
         return False
     if q.dim() != 4 or k.dim() != 3 or mask.dim() != 4 or not q.is_contiguous():
         return False

@@ -1,11 +1,16 @@
 """palmloop's own CPU kernels (``csrc/``): built once, loaded once per process.
 
-Three kernels for bf16 inference on x86 CPUs with AVX512-BF16, compiled into one extension:
+Four kernels for bf16 inference on x86 CPUs with AVX512-BF16, compiled into one extension:
 
 - ``row_product_sum`` (``csrc/bf16_row_product.cpp``, used by :mod:`bf16_row_product`): products
   of one or two rows, a decoding step at batch 1 or 2;
 - ``swiglu_into`` and ``rotate_qk`` (``csrc/bf16_pointwise.cpp``, used by
-  :mod:`bf16_pointwise`): a block's SwiGLU and its rotary embedding, each in one pass.
+  :mod:`bf16_pointwise`): a block's SwiGLU and its rotary embedding, each in one pass;
+- ``prefill_attention`` (``csrc/bf16_prefill_attention.cpp``, used by
+  :mod:`bf16_prefill_attention`): causal multi-query attention of a prefill.
+
+They have no backward pass and ``torch.compile`` cannot trace into them: :func:`load_for` gives
+them only to an eager call that needs no gradient.
 
 The extension is compiled by ``torch.utils.cpp_extension`` (g++ and ninja, ~40 s) the first time
 a process asks for it, and cached (``TORCH_EXTENSIONS_DIR``, default
@@ -24,6 +29,8 @@ import threading
 import time
 from pathlib import Path
 from types import ModuleType
+
+import torch
 
 from model_runtime.cpu_features import cpu_flags
 
@@ -51,6 +58,16 @@ _why_not: str | None = None
 def why_unavailable() -> str | None:
     """Why the kernels are not in use (None while they are, or before :func:`load` decided)."""
     return _why_not
+
+
+def load_for(*tensors: torch.Tensor) -> ModuleType | None:
+    """:func:`load` for a call on ``tensors`` outside autograd and outside ``torch.compile``'s
+    tracing; None inside either."""
+    if torch.compiler.is_compiling():
+        return None
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        return None
+    return load()
 
 
 def load() -> ModuleType | None:

@@ -72,44 +72,33 @@ struct Problem {
   float scale;
 };
 
-// Scores of NB blocks of 16 keys from ``block`` on for G query rows (pairs ``q``), scaled, plus
-// the mask, -inf past the last key the rows may see; stored in ``scores`` and folded into
-// ``running_max``. Each broadcast query pair serves the NB blocks.
-template <int G, int NB>
-PALMLOOP_TARGET inline void score_blocks(const Problem& pb, const uint32_t (*q)[128],
-                                         const uint16_t* const* mask, int64_t block, int64_t seen,
-                                         float* scores, int64_t width, __m512* running_max) {
-  const int64_t dh = pb.dh, half = dh / 2;
+// Scores of one block of 16 keys from key ``block * 16`` on for G query rows (pairs ``q``),
+// scaled, plus the mask, -inf past the last key the rows may see; stored in ``scores`` and
+// folded into ``running_max``.
+template <int G>
+PALMLOOP_TARGET inline void score_block(const Problem& pb, const uint32_t (*q)[128],
+                                        const uint16_t* const* mask, int64_t block, int64_t seen,
+                                        float* scores, int64_t width, __m512* running_max) {
   const __m512 minus_infinity = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
   const __m512 scale = _mm512_set1_ps(pb.scale);
-  __m512 acc[G][NB];
+  __m512 acc[G];
+  for (int g = 0; g < G; ++g) acc[g] = _mm512_setzero_ps();
+  const uint16_t* keys = pb.keys + block * kBlock * pb.dh;
+  for (int64_t p = 0; p < pb.dh / 2; ++p) {
+    const __m512bh key_pairs = (__m512bh)_mm512_loadu_si512(keys + p * kBlock * 2);
+    for (int g = 0; g < G; ++g) {
+      acc[g] = _mm512_dpbf16_ps(acc[g], key_pairs, (__m512bh)_mm512_set1_epi32((int)q[g][p]));
+    }
+  }
+  const int64_t first = block * kBlock;
+  const __mmask16 valid = tail_mask(seen - first);
   for (int g = 0; g < G; ++g) {
-    for (int n = 0; n < NB; ++n) acc[g][n] = _mm512_setzero_ps();
-  }
-  const uint16_t* keys = pb.keys + block * kBlock * dh;
-  for (int64_t p = 0; p < half; ++p) {
-    __m512bh key_pairs[NB];
-    for (int n = 0; n < NB; ++n) {
-      key_pairs[n] = (__m512bh)_mm512_loadu_si512(keys + n * kBlock * dh + p * kBlock * 2);
-    }
-    for (int g = 0; g < G; ++g) {
-      const __m512bh query_pair = (__m512bh)_mm512_set1_epi32((int)q[g][p]);
-      for (int n = 0; n < NB; ++n) {
-        acc[g][n] = _mm512_dpbf16_ps(acc[g][n], key_pairs[n], query_pair);
-      }
-    }
-  }
-  for (int n = 0; n < NB; ++n) {
-    const int64_t first = (block + n) * kBlock;
-    const __mmask16 valid = tail_mask(seen - first);
-    for (int g = 0; g < G; ++g) {
-      __m512 s = _mm512_mul_ps(acc[g][n], scale);
-      const auto* mask_row = reinterpret_cast<const at::BFloat16*>(mask[g]);
-      s = _mm512_add_ps(s, load_bf16(mask_row + first, valid));
-      s = _mm512_mask_blend_ps(valid, minus_infinity, s);
-      running_max[g] = _mm512_max_ps(running_max[g], s);
-      _mm512_storeu_ps(scores + g * width + first, s);
-    }
+    const auto* mask_row = reinterpret_cast<const at::BFloat16*>(mask[g]);
+    __m512 s = _mm512_mul_ps(acc[g], scale);
+    s = _mm512_add_ps(s, load_bf16(mask_row + first, valid));
+    s = _mm512_mask_blend_ps(valid, minus_infinity, s);
+    running_max[g] = _mm512_max_ps(running_max[g], s);
+    _mm512_storeu_ps(scores + g * width + first, s);
   }
 }
 
@@ -132,11 +121,9 @@ PALMLOOP_TARGET void attend_heads(const Problem& pb, int64_t t, int64_t h, float
     mask[g] = pb.mask + (t * pb.heads + h + g) * pb.mask_row_stride;
     running_max[g] = minus_infinity;
   }
-  int64_t block = 0;
-  for (; block + 2 <= blocks; block += 2) {
-    score_blocks<G, 2>(pb, q, mask, block, seen, scores, width, running_max);
+  for (int64_t block = 0; block < blocks; ++block) {
+    score_block<G>(pb, q, mask, block, seen, scores, width, running_max);
   }
-  if (block < blocks) score_blocks<G, 1>(pb, q, mask, block, seen, scores, width, running_max);
   for (int g = 0; g < G; ++g) {
     float* row = scores + g * width;
     // a query always sees its own key, so the row's maximum is finite

@@ -1,16 +1,19 @@
 """palmloop's own CPU kernels (``csrc/``): built once, loaded once per process.
 
-Four kernels for bf16 inference on x86 CPUs with AVX512-BF16, compiled into one extension:
+Five kernels for bf16 work on x86 CPUs with AVX512-BF16, compiled into one extension:
 
 - ``row_product_sum`` (``csrc/bf16_row_product.cpp``, used by :mod:`bf16_row_product`): products
   of one or two rows, a decoding step at batch 1 or 2;
 - ``swiglu_into`` and ``rotate_qk`` (``csrc/bf16_pointwise.cpp``, used by
   :mod:`bf16_pointwise`): a block's SwiGLU and its rotary embedding, each in one pass;
 - ``prefill_attention`` (``csrc/bf16_prefill_attention.cpp``, used by
-  :mod:`bf16_prefill_attention`): causal multi-query attention of a prefill.
+  :mod:`bf16_prefill_attention`): causal multi-query attention of a prefill;
+- ``cross_entropy_rows`` (``csrc/bf16_cross_entropy.cpp``, used by :mod:`bf16_cross_entropy`):
+  the trainer's loss and its logits' gradient, one pass per row.
 
 They have no backward pass and ``torch.compile`` cannot trace into them: :func:`load_for` gives
-them only to an eager call that needs no gradient.
+them only to an eager call that needs no gradient (the trainer's loss computes its gradient
+itself, inside its autograd function, and runs eagerly in a compiled step).
 
 The extension is compiled by ``torch.utils.cpp_extension`` (g++ and ninja, ~40 s) the first time
 a process asks for it, and cached (``TORCH_EXTENSIONS_DIR``, default
@@ -42,6 +45,7 @@ SOURCES = (
     "bf16_row_product.cpp",
     "bf16_pointwise.cpp",
     "bf16_prefill_attention.cpp",
+    "bf16_cross_entropy.cpp",
 )
 EXTENSION_NAME = "palmloop_cpu_kernels"
 SWITCH = "PALMLOOP_CPU_KERNELS"  # "0" turns the kernels off

@@ -14,4 +14,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "S+T), out (B, T, H, dh), bf16");
   m.def("rotate_qk", &rotate_qk,
         "rotary + xPos: qk (B, T, H+1, dh) bf16, factors (B or 1, T, dh) float32 -> (q, k)");
+  m.def("cross_entropy_rows", &cross_entropy_rows,
+        "per-row cross-entropy of bf16 logits (rows, V) against int64 labels -> float32 (rows,); "
+        "optionally softmax - onehot into grad (rows, V) bf16",
+        py::arg("logits"), py::arg("labels"), py::arg("grad") = py::none(),
+        py::arg("ignore_index") = -100);
 }

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from model_runtime.bf16_cross_entropy import cross_entropy_rows
 from model_runtime.cpu_features import native_bf16_cpu
 from model_runtime.palm import PaLM
 from model_runtime.training.config import ComputePrecision, Precision
@@ -72,6 +73,29 @@ LOSS_CHUNK_ROWS = 256
 LOSS_WEIGHT_GRAD_BLOCKS = 4
 
 
+def _block_loss(
+    logits: torch.Tensor, labels: torch.Tensor, grad_out: torch.Tensor | None
+) -> torch.Tensor:
+    """The summed cross-entropy of a block of ``logits`` (n, V) against ``labels`` (n,)
+    (``IGNORE_INDEX`` rows count 0), in float32; with ``grad_out`` (n, V), writes the logits'
+    gradient ``softmax - onehot(label)`` there (zero rows where ignored), rounded once. bf16
+    logits on a CPU take palmloop's kernel (one pass per row), others torch's operations."""
+    losses = cross_entropy_rows(logits, labels, ignore_index=IGNORE_INDEX, grad_out=grad_out)
+    if losses is not None:
+        return losses.sum()
+    ignored = labels == IGNORE_INDEX  # (n,)
+    safe = labels.masked_fill(ignored, 0)[:, None]  # (n, 1)
+    # in float32 from the compute-dtype logits, without a widened copy of them
+    logp = torch.log_softmax(logits, dim=-1, dtype=torch.float32)  # (n, V)
+    picked = logp.gather(1, safe).squeeze(1)  # (n,)
+    if grad_out is not None:
+        grad = logp.exp_()  # softmax (``picked`` is a copy)
+        grad.scatter_add_(1, safe, torch.full_like(picked[:, None], -1.0))
+        # rows of ignored labels zeroed in the same pass as the narrowing copy
+        torch.mul(grad, (~ignored)[:, None], out=grad_out)
+    return -picked.masked_fill(ignored, 0.0).sum()
+
+
 class _LinearCrossEntropy(torch.autograd.Function):
     """Sum of cross-entropy of ``hidden @ weight.T`` against ``labels``, with both gradients
     computed in the forward pass, one block of rows at a time (d loss / d logits of a row is
@@ -104,24 +128,17 @@ class _LinearCrossEntropy(torch.autograd.Function):
             stop = min(rows, start + chunk_rows)
             h = h_all[start:stop]  # (n, D)
             target = labels[start:stop]  # (n,)
-            ignored = target == IGNORE_INDEX  # (n,)
-            safe = target.masked_fill(ignored, 0)[:, None]  # (n, 1)
-            # in float32 from the compute-dtype logits, without a widened copy of them
-            logp = torch.log_softmax(h @ w.T, dim=-1, dtype=torch.float32)  # (n, V)
-            picked = logp.gather(1, safe).squeeze(1)  # (n,)
-            total -= picked.masked_fill(ignored, 0.0).sum()
-            if grad_hidden is not None and grad_weight is not None and pending is not None:
-                grad = logp.exp_()  # softmax: d loss / d logits is softmax - onehot(label)
-                grad.scatter_add_(1, safe, torch.full_like(picked[:, None], -1.0))
-                group_start = start - start % group_rows
-                grad_c = pending[start - group_start : stop - group_start]  # (n, V)
-                # rows of ignored labels zeroed in the same pass as the narrowing copy
-                torch.mul(grad, (~ignored)[:, None], out=grad_c)
-                grad_hidden[start:stop] = grad_c @ w  # (n, D)
-                if stop == rows or stop - group_start == group_rows:
-                    grad_weight += (
-                        pending[: stop - group_start].T @ h_all[group_start:stop]
-                    ).float()
+            logits = h @ w.T  # (n, V), compute dtype
+            if grad_hidden is None or grad_weight is None or pending is None:
+                total += _block_loss(logits, target, None)
+                continue
+            group_start = start - start % group_rows
+            # d loss / d logits of these rows: softmax - onehot(label)
+            grad_c = pending[start - group_start : stop - group_start]  # (n, V)
+            total += _block_loss(logits, target, grad_c)
+            grad_hidden[start:stop] = grad_c @ w  # (n, D)
+            if stop == rows or stop - group_start == group_rows:
+                grad_weight += (pending[: stop - group_start].T @ h_all[group_start:stop]).float()
         ctx.save_for_backward(grad_hidden, grad_weight)
         ctx.hidden_dtype = hidden.dtype
         ctx.weight_dtype = weight.dtype
@@ -175,9 +192,12 @@ def _loss_only(
     w = weight.to(compute_dtype)  # (V, D)
     total = torch.zeros((), dtype=torch.float32, device=hidden.device)
     for start in range(0, hidden.shape[0], chunk_rows):
-        logits = (hidden[start : start + chunk_rows].to(compute_dtype) @ w.T).float()  # (n, V)
-        total += lm_loss_sum(logits, labels[start : start + chunk_rows])
+        logits = hidden[start : start + chunk_rows].to(compute_dtype) @ w.T  # (n, V)
+        total += _block_loss(logits, labels[start : start + chunk_rows], None)
     return total
+
+
+_eager_loss = torch.compiler.disable(linear_cross_entropy_sum)  # type: ignore[no-untyped-call]
 
 
 class CausalLMLoss(nn.Module):
@@ -197,9 +217,10 @@ class CausalLMLoss(nn.Module):
         with autocast(device, self.precision):
             hidden = self.model.hidden_states(inputs)  # (B, T, D)
         compute = torch.bfloat16 if self.precision == "bf16" else torch.float32
-        return linear_cross_entropy_sum(
-            hidden, self.model.embed.weight, labels, compute_dtype=compute
-        )
+        # On a CPU the loss runs eagerly under torch.compile (one graph break): its kernel
+        # cannot be traced, and even torch's operations ran slower compiled than eager here.
+        loss = _eager_loss if hidden.device.type == "cpu" else linear_cross_entropy_sum
+        return loss(hidden, self.model.embed.weight, labels, compute_dtype=compute)
 
 
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:

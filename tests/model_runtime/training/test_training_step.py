@@ -126,10 +126,13 @@ def test_causal_lm_loss_equals_the_models_own_logits(make_model: Callable[..., P
         assert torch.allclose(got, expected, rtol=tolerance / 10, atol=tolerance), precision
 
 
-def test_compiled_training_traces_as_one_graph(make_model: Callable[..., PaLM]) -> None:
-    """The loss, the model and packed_linear's plain path (decided before anything
-    torch.compile cannot trace: the CPU's flags are read from a file) compile without a graph
-    break; the default positions' rotary tables need no host sync."""
+def test_compiled_training_traces_the_model_as_one_graph(make_model: Callable[..., PaLM]) -> None:
+    """The model and packed_linear's plain path (decided before anything torch.compile cannot
+    trace: the CPU's flags are read from a file) compile as one graph; the default positions'
+    rotary tables need no host sync. On a CPU the loss is left out of it (its kernel cannot be
+    traced): the graph ends there."""
     inputs = torch.randint(0, 64, (2, 16), generator=torch.Generator().manual_seed(0))
     explanation = torch._dynamo.explain(CausalLMLoss(make_model(), "bf16"))(inputs, inputs)
-    assert explanation.graph_break_count == 0, explanation.break_reasons
+    assert explanation.graph_count == 1, explanation.break_reasons
+    [reason] = explanation.break_reasons
+    assert "disable" in reason.reason and "linear_cross_entropy_sum" in reason.reason

@@ -210,10 +210,17 @@ def _start_if_idle(run: AnswerRun, client: ClientFactory) -> None:
         _start(run.answer_id, client, run)
 
 
-def _claim_answer(answer_id: int, client: InferenceClient) -> ChatGenerationRequest | None:
-    """Load the answer's conversation path, fit it to the context and mark the answer
-    streaming: one trip to the runs' database thread, which the first token waits on. None
-    when the answer is no longer pending (stopped, or taken by another process)."""
+def _claim_answer(
+    answer_id: int, client_factory: ClientFactory
+) -> tuple[InferenceClient, ChatGenerationRequest | None]:
+    """The inference client, and the answer's request: load the conversation path, fit it to
+    the context and mark the answer streaming. One trip to the runs' database thread, which the
+    first token waits on (the client is made once per process: loading a policy takes seconds,
+    so not on the event loop). No request when the answer is no longer pending (stopped, or
+    taken by another process)."""
+    client = client_factory()
+    if relay_enabled():  # an old relayed text goes before the claim, which followers await
+        forget_relayed(answer_id)
     answer = Message.objects.select_related("conversation").get(pk=answer_id)
     path = path_to(answer)
     conversation = answer.conversation
@@ -230,8 +237,8 @@ def _claim_answer(answer_id: int, client: InferenceClient) -> ChatGenerationRequ
     if not do_start_answer(
         answer_id=answer_id, model_version="", dropped_turns=fitted.dropped_turns
     ):
-        return None
-    return ChatGenerationRequest(
+        return client, None
+    return client, ChatGenerationRequest(
         messages=[ChatTurn(t.role, t.content) for t in fitted.messages],
         temperature=float(answer.sampling_params.get("temperature", 0.7)),
         max_new_tokens=max_new_tokens,
@@ -461,12 +468,9 @@ async def _write_answer(run: AnswerRun, client_factory: ClientFactory) -> None:
     ours = True  # the answer's end is this run's to record
     relay: RelayWriter | None = None  # to streams in other web processes
     try:
-        loading = sync_to_async(client_factory, thread_sensitive=False)()
-        if relay_enabled():  # an old relayed text goes before the claim, which followers await
-            client, _ = await asyncio.gather(loading, forget_relayed(run.answer_id))
-        else:
-            client = await loading
-        request = await _in_db_thread(run.answer_id, _claim_answer)(run.answer_id, client)
+        client, request = await _in_db_thread(run.answer_id, _claim_answer)(
+            run.answer_id, client_factory
+        )
         if request is None:  # stopped before it started, or taken by another process
             ours = False  # closed already, or written there: nothing to record here
             answer = await _in_db_thread(run.answer_id, Message.objects.get)(pk=run.answer_id)

@@ -121,13 +121,13 @@ def test_a_text_left_under_the_answers_id_is_gone_before_the_answer_is_claimed(
     store = redis.Redis.from_url(redis_url)
     store.set(content_key(answer_id), "an old answer's text", ex=60)
     at_claim: list[bytes | None] = []
-    claim = answer_runs._claim_answer
+    claim = answer_runs.do_start_answer  # marks the answer streaming: followers start then
 
-    def spy(answer_id: int, client: Any) -> Any:
+    def spy(*, answer_id: int, **kwargs: Any) -> Any:
         at_claim.append(store.get(content_key(answer_id)))
-        return claim(answer_id, client)
+        return claim(answer_id=answer_id, **kwargs)
 
-    monkeypatch.setattr(answer_runs, "_claim_answer", spy)
+    monkeypatch.setattr(answer_runs, "do_start_answer", spy)
 
     write_here(answer_id)
     assert at_claim == [None]

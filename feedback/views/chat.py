@@ -46,6 +46,7 @@ from feedback.services.chat import (
 from feedback.services.chat_tree import answers_on_screen, thread_entries
 from feedback.services.shared_cache import sending_too_fast
 from feedback.views.htmx_request import HtmxHttpRequest
+from feedback.views.params import small_int
 
 TOO_FAST = "You are sending too fast; wait a minute."
 # Input the user can fix: htmx swaps these responses in (base.html's htmx-config), where a 400
@@ -176,7 +177,8 @@ def _recent_link(request: HtmxHttpRequest, conversation: Conversation) -> str:
 @role_required(Role.USER)
 @require_GET
 def conversation_list(request: HtmxHttpRequest) -> HttpResponse:
-    query = request.GET.get("q", "").strip()[:200]
+    # NUL cannot be in a PostgreSQL text (and is in no title or message: they refuse it)
+    query = request.GET.get("q", "").replace("\x00", "").strip()[:200]
     conversations = conversations_of(request.user)  # type: ignore[arg-type]
     if query:
         conversations = conversations.filter(
@@ -198,7 +200,7 @@ def conversation_list(request: HtmxHttpRequest) -> HttpResponse:
 @require_POST
 def conversation_new(request: HtmxHttpRequest) -> HttpResponse:
     persona = None
-    if persona_id := request.POST.get("persona"):
+    if persona_id := small_int(request.POST.get("persona")):  # another value: no persona
         persona = Persona.objects.filter(is_active=True, pk=persona_id).first()
     conversation = do_start_conversation(owner=request.user, persona=persona)  # type: ignore[arg-type]
     url = reverse("chat", kwargs={"conversation_id": conversation.pk})
@@ -283,8 +285,7 @@ def regenerate(request: HtmxHttpRequest, conversation_id: int, message_id: int) 
 
 def _shown_last(request: HtmxHttpRequest) -> int | None:
     """The last message the page shows (``after``, which chat.js adds), if it said."""
-    value = request.POST.get("after", "")
-    return int(value) if value.isdigit() else None
+    return small_int(request.POST.get("after"))
 
 
 @role_required(Role.USER)

@@ -22,6 +22,7 @@ from feedback.roles import Role, has_role
 from feedback.services.answer_runs import StreamEvent, watch_answer
 from feedback.services.chat import conversations_of
 from feedback.services.chat_tree import sibling_position
+from feedback.views.params import small_int
 
 MAX_SHOWN = 1_000_000
 
@@ -49,8 +50,8 @@ def _render_done(message_id: int, request: HttpRequest) -> str:
 def _shown(request: HttpRequest) -> int:
     """How many characters of the answer the page shows already (``?shown=``; 0 if absent or
     not a small whole number)."""
-    value = request.GET.get("shown", "")
-    return min(int(value), MAX_SHOWN) if value.isdigit() and len(value) <= 9 else 0
+    value = small_int(request.GET.get("shown"))
+    return min(value, MAX_SHOWN) if value is not None else 0
 
 
 async def _events(message_id: int, request: HttpRequest) -> AsyncGenerator[bytes, None]:

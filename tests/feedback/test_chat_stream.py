@@ -232,8 +232,10 @@ def test_the_stream_hands_its_database_connection_back_before_streaming() -> Non
         ("?shown=12", 12),
         ("?shown=-3", 0),
         ("?shown=abc", 0),
-        ("?shown=99999999999", 0),
+        ("?shown=99999999999", chat_stream.MAX_SHOWN),
         ("?shown=999999999", chat_stream.MAX_SHOWN),
+        ("?shown=%C2%B2", 0),  # a digit to str.isdigit, not to int
+        ("?shown=" + "9" * 5000, 0),  # longer than int parses
     ],
 )
 def test_the_page_says_how_much_it_shows_in_the_stream_url(query: str, shown: int) -> None:

@@ -293,6 +293,50 @@ def test_rename_delete_and_search(client: Client, conversation: Conversation) ->
     assert not Conversation.objects.filter(pk=other.pk).exists()
 
 
+def test_a_search_with_a_nul_byte_is_a_search_without_it(
+    client: Client, conversation: Conversation
+) -> None:
+    do_send_message(conversation=conversation, text="the rivers of France")
+    response = client.get(reverse("conversations"), {"q": "fra\x00nce"})
+    assert response.status_code == 200
+    assert "rivers of France" in response.content.decode()
+
+
+@pytest.mark.parametrize("after", ["\u00b2", "9" * 5000, "-1", "1.5", "\x00"])
+def test_a_malformed_after_is_ignored_not_a_500(
+    client: Client, conversation: Conversation, after: str
+) -> None:
+    """``after`` (the last message the page shows) comes from the page's script: anything but
+    a plain id means the page gets the whole thread back."""
+
+    def finish(answer: Message) -> Message:
+        do_start_answer(answer_id=answer.pk, model_version="", dropped_turns=0)
+        do_finish_answer(answer_id=answer.pk, status=MessageStatus.COMPLETE, content="Yes.")
+        return answer
+
+    finish(do_send_message(conversation=conversation, text="first").answer)
+    send = client.post(
+        reverse("chat_send", args=[conversation.pk]), {"text": "hi", "after": after}, **HTMX
+    )
+    assert send.status_code == 200 and "hi" in send.content.decode()
+    last = finish(Message.objects.filter(conversation=conversation).latest("pk"))
+    regenerate = client.post(
+        reverse("chat_regenerate", args=[conversation.pk, last.pk]), {"after": after}, **HTMX
+    )
+    assert regenerate.status_code == 200
+
+
+@pytest.mark.parametrize("persona", ["abc", "1.5", "\x00", "9" * 40])
+def test_a_malformed_persona_starts_a_conversation_without_one(
+    client: Client, persona: str
+) -> None:
+    user = UserFactory()
+    client.force_login(user)
+    response = client.post(reverse("conversation_new"), {"persona": persona})
+    assert response.status_code == 302
+    assert Conversation.objects.get(owner=user).system_prompt == ""
+
+
 def test_settings_within_limits(client: Client, conversation: Conversation) -> None:
     url = reverse("chat_settings", args=[conversation.pk])
     assert (

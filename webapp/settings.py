@@ -245,7 +245,10 @@ AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
 AXES_RESET_ON_SUCCESS = True
 AXES_VERBOSE = False
 AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
-AXES_IPWARE_PROXY_COUNT = env.int("PROXY_COUNT", default=0) or None
+# The address counted is REMOTE_ADDR, here and in the rate limits. Behind a reverse proxy that is
+# the client's only when uvicorn believes the proxy's X-Forwarded-For: it does for connections
+# from FORWARDED_ALLOW_IPS (uvicorn's setting, default 127.0.0.1; see the README). Otherwise every
+# client would share the proxy's address, and anyone could lock anyone out.
 
 # --- Security -------------------------------------------------------------------------------
 SESSION_COOKIE_HTTPONLY = True

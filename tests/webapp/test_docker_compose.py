@@ -57,6 +57,14 @@ def test_app_services_wired_to_postgres_and_redis(compose: dict[str, Any]) -> No
         assert deps["redis"]["condition"] == "service_healthy"
 
 
+def test_the_web_server_believes_only_the_configured_proxy(compose: dict[str, Any]) -> None:
+    """uvicorn takes the client's address from X-Forwarded-For only from FORWARDED_ALLOW_IPS,
+    which the operator sets to their proxy (the lock-out and rate limits count that address)."""
+    web = compose["services"]["web"]
+    assert "--proxy-headers" in command_of(web)
+    assert web["environment"]["FORWARDED_ALLOW_IPS"] == "${FORWARDED_ALLOW_IPS:-127.0.0.1}"
+
+
 def test_checkpoint_volume_shared_by_web_and_worker(compose: dict[str, Any]) -> None:
     s = compose["services"]
     assert "models" in compose["volumes"]

@@ -245,6 +245,10 @@ AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
 AXES_RESET_ON_SUCCESS = True
 AXES_VERBOSE = False
 AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
+AXES_USERNAME_CALLABLE = "webapp.lockout.lockout_username"
+# Accounts one address may create in an hour (each has its own send limit); the password-change
+# form refuses the current password after AXES_FAILURE_LIMIT wrong ones, for the cool-off.
+SIGNUPS_PER_HOUR = env.int("SIGNUPS_PER_HOUR", default=10)
 # The address counted is REMOTE_ADDR, here and in the rate limits. Behind a reverse proxy that is
 # the client's only when uvicorn believes the proxy's X-Forwarded-For: it does for connections
 # from FORWARDED_ALLOW_IPS (uvicorn's setting, default 127.0.0.1; see the README). Otherwise every

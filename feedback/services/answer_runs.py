@@ -241,7 +241,7 @@ def _claim_answer(
     return client, ChatGenerationRequest(
         messages=[ChatTurn(t.role, t.content) for t in fitted.messages],
         temperature=float(answer.sampling_params.get("temperature", 0.7)),
-        max_new_tokens=max_new_tokens,
+        max_new_tokens=fitted.max_new_tokens,
         user=str(conversation.owner_id),
     )
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from answer_following import write_here
 from asgiref.sync import sync_to_async
 from django.db import OperationalError, connection
 from django.urls import reverse
@@ -371,3 +372,18 @@ def test_the_send_is_told_the_first_words_as_saved_not_what_came_after() -> None
     run.begin()
     run.content += " words, and more"
     assert run.text_once_begun(0.01) == "First"
+
+
+def test_an_answer_asking_for_the_whole_context_window_gets_the_room_left(
+    policy: Path, settings: Any
+) -> None:
+    """Max tokens at the model's context length (a value the settings allow): the answer is
+    written in the room the question leaves, not refused."""
+    context = get_inference_client().context_length()
+    conversation = ConversationFactory(temperature=0.0, max_new_tokens=context)
+    answer_id = do_send_message(conversation=conversation, text="Hello there").answer.pk
+    write_here(answer_id)
+    answer = Message.objects.get(pk=answer_id)
+    assert answer.status == MessageStatus.COMPLETE, answer.error
+    assert answer.prompt_tokens is not None and answer.completion_tokens is not None
+    assert answer.prompt_tokens + answer.completion_tokens <= context

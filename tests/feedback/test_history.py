@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import pytest
 
 from feedback.services.chat import ChatInputError
-from feedback.services.history import HistoryTurn, fit_history
+from feedback.services.history import MIN_ANSWER_TOKENS, HistoryTurn, fit_history
 
 
 def words(turns: Sequence[HistoryTurn]) -> int:
@@ -47,3 +47,27 @@ def test_never_starts_on_an_answer() -> None:
 def test_too_long_even_alone() -> None:
     with pytest.raises(ChatInputError, match="too long"):
         fit_history("be kind", TURNS, count_tokens=words, context_length=10, max_new_tokens=5)
+
+
+def test_an_answer_that_asks_for_the_whole_window_gets_the_room_left() -> None:
+    """Max tokens is an upper bound: set to the context length, every answer failed."""
+    fitted = fit_history(
+        "be kind", TURNS, count_tokens=words, context_length=100, max_new_tokens=100
+    )
+    # system(4) + "nine ten"(4) + 1 = 9 tokens of prompt: 91 left for the answer
+    assert [t.content for t in fitted.messages] == ["be kind", "nine ten"]
+    assert fitted.dropped_turns == 4 and fitted.prompt_tokens == 9
+    assert fitted.max_new_tokens == 91
+
+
+def test_an_answer_is_not_squeezed_below_a_useful_length() -> None:
+    assert MIN_ANSWER_TOKENS == 32
+    with pytest.raises(ChatInputError, match="too long"):  # 40 - 9 = 31 tokens of room
+        fit_history("be kind", TURNS, count_tokens=words, context_length=40, max_new_tokens=40)
+    fitted = fit_history("be kind", TURNS, count_tokens=words, context_length=41, max_new_tokens=40)
+    assert fitted.max_new_tokens == 32
+
+
+def test_what_fits_keeps_the_asked_max_tokens() -> None:
+    fitted = fit_history("be kind", TURNS, count_tokens=words, context_length=20, max_new_tokens=5)
+    assert fitted.max_new_tokens == 5

@@ -66,7 +66,13 @@ def test_chat_end_to_end(page: Page) -> None:
     page.get_by_label("Max tokens").fill("4000")
     page.locator("#chat-settings").get_by_role("button", name="Save").click()
     # On a phone: while the answer is written, Stop takes Send's place in the composer.
+    chats = page.get_by_role("navigation", name="Chats")
+    expect(chats).to_be_hidden()  # the sidebar has its links on a wide screen
     page.set_viewport_size({"width": 390, "height": 844})
+    # ... and on a phone, where the sidebar is hidden, this line above the title has them.
+    expect(page.locator(".sidebar")).to_be_hidden()
+    expect(chats.get_by_role("link", name="All conversations")).to_be_visible()
+    expect(chats.get_by_role("button", name="New chat")).to_be_visible()
     box.fill("Now a long one, please.")
     send, stop = page.get_by_role("button", name="Send"), page.get_by_role("button", name="Stop")
     send.click()
@@ -187,8 +193,12 @@ def test_a_send_appends_its_turn_and_leaves_the_page_above_as_it_was(page: Page)
     # Edit the last question: its new version and a new answer take the old two's place.
     last_question = page.locator("#thread > article.msg.user").last
     last_question.locator("summary", has_text="Edit").click()
-    last_question.get_by_label("Edited message").fill("And once more.")
-    last_question.get_by_role("button", name="Send edited").click()
+    edited = last_question.get_by_label("Edited message")
+    edited.fill("And once more.")
+    edited.press("Shift+Enter")  # a new line, as in the composer
+    expect(edited).to_have_value("And once more.\n")
+    edited.press("Backspace")
+    edited.press("Enter")  # sends, as in the composer
     expect(page.locator("#thread > article.msg")).to_have_count(4)
     question = page.locator("#thread > article.msg.user").last
     expect(question.locator(".body")).to_have_text("And once more.")

@@ -18,6 +18,7 @@ from django.http import HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.template.loader import render_to_string
 from django.urls import reverse
+from django.utils.html import format_html
 from django.views.decorators.http import require_GET, require_POST
 from django_htmx.http import (
     HttpResponseClientRedirect,
@@ -162,10 +163,17 @@ def _thread_end(
 
 
 def _new_title(request: HtmxHttpRequest, conversation: Conversation) -> str:
-    """The conversation's title, out of band: in the page's header and in its sidebar link."""
+    """The conversation's title, out of band: in the page's header and in its sidebar link, and
+    the browser tab's."""
     oob = {"conversation": conversation, "oob": True}
     title: str = render_to_string("feedback/chat.html#title", oob, request)
-    return title + _recent_link(request, conversation)
+    return _tab_title(conversation) + title + _recent_link(request, conversation)
+
+
+def _tab_title(conversation: Conversation) -> str:
+    """The browser tab's title, as base.html writes it (htmx takes a ``<title>`` at the top
+    level of a response for the page's)."""
+    return format_html("<title>{} · {}</title>", conversation.title, settings.SITE_NAME)
 
 
 def _recent_link(request: HtmxHttpRequest, conversation: Conversation) -> str:
@@ -359,10 +367,10 @@ def rename(request: HtmxHttpRequest, conversation_id: int) -> HttpResponse:
             context = {"conversation": conversation, "error": str(exc)}
             return render(request, "feedback/chat.html#title", context, status=UNPROCESSABLE)
         flash.error(request, str(exc))
-    if request.htmx:
+    if request.htmx:  # the header in place, the sidebar link and the tab's title along
         context = {"conversation": conversation}
         title = render_to_string("feedback/chat.html#title", context, request)
-        return HttpResponse(title + _recent_link(request, conversation))
+        return HttpResponse(_tab_title(conversation) + title + _recent_link(request, conversation))
     return redirect("chat", conversation_id=conversation.pk)
 
 

@@ -103,6 +103,7 @@ def test_chat_end_to_end(page: Page) -> None:
     page.locator("#chat-title").get_by_role("button", name="Save").click()
     expect(page.locator("h1")).to_have_text("River talk")
     expect(page.locator(".sidebar li.current a")).to_have_text("River talk")
+    expect(page).to_have_title("River talk · palmloop")  # the browser tab's too
     page.on("dialog", lambda dialog: dialog.accept())
     page.get_by_role("button", name="Delete").click()
     expect(page.get_by_role("heading", name="Conversations")).to_be_visible()

@@ -263,9 +263,12 @@ def test_a_new_title_reaches_the_sidebar_too(client: Client, conversation: Conve
     send = reverse("chat_send", args=[conversation.pk])
     html = client.post(send, {"text": "Rivers"}, **HTMX).content.decode()
     assert f'{sidebar_link}="true">Rivers</a>' in html
+    assert "<title>Rivers · palmloop</title>" in html  # the browser tab's title
     rename = reverse("chat_rename", args=[conversation.pk])
-    html = client.post(rename, {"title": "Seas"}, **HTMX).content.decode()
-    assert f'{sidebar_link}="true">Seas</a>' in html and "<h1>Seas</h1>" in html
+    html = client.post(rename, {"title": "Seas & <b>"}, **HTMX).content.decode()
+    assert f'{sidebar_link}="true">Seas &amp; &lt;b&gt;</a>' in html
+    assert "<h1>Seas &amp; &lt;b&gt;</h1>" in html
+    assert html.startswith("<title>Seas &amp; &lt;b&gt; · ")  # the tab's title too, escaped
 
 
 def test_a_bad_title_comes_back_in_the_title_block(

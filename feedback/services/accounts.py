@@ -11,6 +11,7 @@ from pathlib import Path
 from django.contrib.auth.models import Group, User
 from django.db import transaction
 
+from feedback.models import Persona
 from feedback.roles import Role
 
 
@@ -86,3 +87,23 @@ def _store_demo_credentials(path: Path, accounts: list[DemoAccount]) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:
         json.dump(existing, fh, indent=2)
+
+
+# Offered on a fresh install, so the persona picker has something in it. Their prompts are the
+# ones the base policy's instruction tuning saw (model_runtime/corpus/distill.py).
+DEMO_PERSONAS = (
+    ("Helpful assistant", "Answers plainly.", "You are a helpful assistant."),
+    ("Concise assistant", "Short, friendly answers.", "You are a friendly, concise assistant."),
+)
+
+
+@transaction.atomic
+def do_ensure_demo_personas() -> list[Persona]:
+    """Create the demo personas when there is no persona at all (an install whose admins made
+    their own, or switched these off, keeps what it has); return the new ones."""
+    if Persona.objects.exists():
+        return []
+    return [
+        Persona.objects.create(name=name, description=description, system_prompt=prompt)
+        for name, description, prompt in DEMO_PERSONAS
+    ]

@@ -11,11 +11,12 @@ from django.contrib.auth.models import User
 from django.core.cache import cache
 from django.core.management import call_command
 from django.test import Client
-from factories import PASSWORD, UserFactory
+from factories import PASSWORD, PersonaFactory, UserFactory
 from pytest_django.fixtures import Settings as SettingsWrapper
 
+from feedback.models import Persona
 from feedback.roles import Role, roles_of
-from feedback.services.accounts import do_ensure_demo_accounts
+from feedback.services.accounts import do_ensure_demo_accounts, do_ensure_demo_personas
 
 pytestmark = pytest.mark.django_db
 
@@ -160,3 +161,23 @@ def test_bootstrap_command_prints_passwords_once(
     call_command("bootstrap_demo")
     second = capsys.readouterr().out
     assert password not in second and "already exist" in second
+
+
+def test_a_fresh_install_offers_personas_once() -> None:
+    created = do_ensure_demo_personas()
+    assert [p.name for p in created] == ["Helpful assistant", "Concise assistant"]
+    assert not any(p.is_default for p in created)  # a new chat still starts without one
+    assert do_ensure_demo_personas() == []
+    Persona.objects.all().delete()
+    PersonaFactory(name="Pirate")
+    assert do_ensure_demo_personas() == []  # an install with its own personas keeps them
+
+
+def test_the_bootstrap_command_creates_the_personas(
+    tmp_path: Path, settings: SettingsWrapper, client: Client
+) -> None:
+    settings.VAR_DIR = tmp_path
+    call_command("bootstrap_demo")
+    client.force_login(User.objects.get(username="user"))
+    page = client.get("/chat/").content.decode()
+    assert "Helpful assistant" in page and "Concise assistant" in page

@@ -396,7 +396,8 @@ def update_settings(request: HtmxHttpRequest, conversation_id: int) -> HttpRespo
         )
     except ValueError as exc:  # ChatInputError is a ValueError; so is a malformed number
         error = str(exc) if isinstance(exc, ChatInputError) else "Enter numbers."
-    context = {"conversation": conversation, "limits": ChatLimits.current(), "error": error}
+    limits = ChatLimits.current()
+    context = {"conversation": conversation, "limits": limits, "error": error, "saved": not error}
     if request.htmx:
         status = UNPROCESSABLE if error else 200
         return render(request, "feedback/chat.html#settings", context, status=status)

@@ -342,11 +342,11 @@ def test_a_malformed_persona_starts_a_conversation_without_one(
 
 def test_settings_within_limits(client: Client, conversation: Conversation) -> None:
     url = reverse("chat_settings", args=[conversation.pk])
-    assert (
-        client.post(url, {"temperature": "0.3", "max_new_tokens": "100"}, **HTMX).status_code == 200
-    )
+    response = client.post(url, {"temperature": "0.3", "max_new_tokens": "100"}, **HTMX)
+    assert response.status_code == 200 and "Saved." in response.content.decode()
     response = client.post(url, {"temperature": "9", "max_new_tokens": "100"}, **HTMX)
     assert response.status_code == 422 and "Temperature must be" in response.content.decode()
+    assert "Saved." not in response.content.decode()
     response = client.post(url, {"temperature": "abc", "max_new_tokens": "1"}, **HTMX)
     assert response.status_code == 422
     conversation.refresh_from_db()

@@ -59,6 +59,22 @@ def do_start_conversation(*, owner: User, persona: Persona | None = None) -> Con
     )
 
 
+def do_open_new_conversation(*, owner: User, persona: Persona | None = None) -> Conversation:
+    """What "New chat" opens: the owner's newest conversation when nothing was said in it yet
+    and it has the persona asked for (clicking again does not leave a trail of empty
+    conversations), else a new one (``do_start_conversation``)."""
+    if persona is None:
+        persona = Persona.objects.filter(is_active=True, is_default=True).first()
+    newest = Conversation.objects.filter(owner=owner).order_by("-created_at", "-pk").first()
+    if (
+        newest is not None
+        and newest.persona_id == (persona.pk if persona else None)
+        and not newest.messages.exists()
+    ):
+        return newest
+    return do_start_conversation(owner=owner, persona=persona)
+
+
 @transaction.atomic
 def do_rename_conversation(*, conversation: Conversation, title: str) -> Conversation:
     title = " ".join(title.replace("\x00", "").split())

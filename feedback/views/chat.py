@@ -36,11 +36,11 @@ from feedback.services.chat import (
     conversations_of,
     do_delete_conversation,
     do_edit_user_message,
+    do_open_new_conversation,
     do_regenerate,
     do_rename_conversation,
     do_send_message,
     do_show_message,
-    do_start_conversation,
     do_update_sampling,
     open_answers_of,
 )
@@ -210,7 +210,7 @@ def conversation_new(request: HtmxHttpRequest) -> HttpResponse:
     persona = None
     if persona_id := small_int(request.POST.get("persona")):  # another value: no persona
         persona = Persona.objects.filter(is_active=True, pk=persona_id).first()
-    conversation = do_start_conversation(owner=request.user, persona=persona)  # type: ignore[arg-type]
+    conversation = do_open_new_conversation(owner=request.user, persona=persona)  # type: ignore[arg-type]
     url = reverse("chat", kwargs={"conversation_id": conversation.pk})
     return HttpResponseClientRedirect(url) if request.htmx else redirect(url)
 

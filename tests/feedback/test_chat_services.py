@@ -14,6 +14,7 @@ from feedback.services.chat import (
     do_cancel_answer,
     do_edit_user_message,
     do_finish_answer,
+    do_open_new_conversation,
     do_regenerate,
     do_send_message,
     do_show_message,
@@ -38,6 +39,19 @@ def test_start_uses_the_default_persona_and_limits() -> None:
     conversation = do_start_conversation(owner=UserFactory())
     assert conversation.persona == persona and conversation.system_prompt == "Be brief."
     assert conversation.temperature == limits.default_temperature
+
+
+def test_new_chat_opens_the_newest_conversation_while_nothing_was_said_in_it() -> None:
+    user, pirate = UserFactory(), PersonaFactory(name="Pirate")
+    first = do_open_new_conversation(owner=user)
+    assert do_open_new_conversation(owner=user) == first  # no trail of empty conversations
+    with_persona = do_open_new_conversation(owner=user, persona=pirate)
+    assert with_persona != first and with_persona.persona == pirate  # another persona: new
+    assert do_open_new_conversation(owner=user, persona=pirate) == with_persona
+    do_send_message(conversation=with_persona, text="Ahoy")
+    assert do_open_new_conversation(owner=user, persona=pirate) not in (first, with_persona)
+    other = UserFactory()
+    assert do_open_new_conversation(owner=other).owner == other  # never another user's
 
 
 def test_send_builds_a_path_and_titles_the_conversation() -> None:

@@ -29,8 +29,10 @@ static inline __mmask32 tail_mask32(int64_t left) {
 }
 
 // exp(x) in float32 to ~1 ulp: 2^n * p(r), x = n ln2 + r, |r| <= ln2 / 2, p of degree 6.
+// NaN stays NaN: VMINPS / VMAXPS return their second operand when either is NaN, so x goes
+// second (with x first, a NaN became 88 and exp(NaN) about 1.65e38).
 PALMLOOP_TARGET static inline __m512 exp_ps(__m512 x) {
-  x = _mm512_max_ps(_mm512_min_ps(x, _mm512_set1_ps(88.0f)), _mm512_set1_ps(-88.0f));
+  x = _mm512_max_ps(_mm512_set1_ps(-88.0f), _mm512_min_ps(_mm512_set1_ps(88.0f), x));
   const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
                                         _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);  // ln2 split in two

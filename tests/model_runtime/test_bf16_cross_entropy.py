@@ -74,6 +74,21 @@ def test_large_logits_stay_finite() -> None:
     torch.testing.assert_close(grad.double(), exact_grad, rtol=2.0**-8, atol=1e-6)
 
 
+def test_a_nan_logit_makes_its_row_nan_as_in_torch() -> None:
+    """A diverged model must show in the loss: a NaN logit that is not the label's made a finite
+    loss (exp clamped NaN to e^88)."""
+    logits = _logits(3, 40, seed=9)
+    logits[1, 5] = float("nan")
+    labels = torch.tensor([2, 7, 3])
+    grad = torch.zeros(3, 40, dtype=torch.bfloat16)
+    losses = bf16_cross_entropy.cross_entropy_rows(
+        logits, labels, ignore_index=IGNORE_INDEX, grad_out=grad
+    )
+    assert losses is not None
+    assert bool(torch.isnan(losses[1])) and bool(torch.isfinite(losses[[0, 2]]).all())
+    assert bool(torch.isnan(grad[1]).all()) and bool(torch.isfinite(grad[[0, 2]]).all())
+
+
 def test_gradient_rows_may_be_spaced_apart() -> None:
     """The trainer's case: the gradient of a block goes into rows of a larger buffer."""
     logits, labels = _logits(4, 40, seed=3), _labels(4, 40, seed=4)

@@ -50,6 +50,14 @@ def test_swiglu_at_the_ends_of_the_range() -> None:
     _assert_rounded_once(out, F.silu(gate.double()) * 1.5)
 
 
+def test_swiglu_of_nan_is_nan() -> None:
+    gate = torch.tensor([[float("nan"), 1.0, -1.0]]).bfloat16()
+    out = bf16_pointwise.swiglu(torch.ones_like(gate), gate)
+    assert (
+        out is not None and bool(torch.isnan(out[0, 0])) and bool(torch.isfinite(out[0, 1:]).all())
+    )
+
+
 def test_swiglu_reads_slices_of_a_fused_output_and_writes_into_one() -> None:
     """The prefill's case: value and gate are column ranges of the fused projection, and the
     result goes into the second part of the output projection's joined input."""

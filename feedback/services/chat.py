@@ -48,8 +48,7 @@ def conversations_of(user: User) -> QuerySet[Conversation]:
 @transaction.atomic
 def do_start_conversation(*, owner: User, persona: Persona | None = None) -> Conversation:
     limits = ChatLimits.current()
-    if persona is None:
-        persona = Persona.objects.filter(is_active=True, is_default=True).first()
+    persona = persona or _default_persona()
     return Conversation.objects.create(
         owner=owner,
         persona=persona,
@@ -59,12 +58,16 @@ def do_start_conversation(*, owner: User, persona: Persona | None = None) -> Con
     )
 
 
+def _default_persona() -> Persona | None:
+    """The persona a conversation gets when none is picked (admins may mark one default)."""
+    return Persona.objects.filter(is_active=True, is_default=True).first()
+
+
 def do_open_new_conversation(*, owner: User, persona: Persona | None = None) -> Conversation:
     """What "New chat" opens: the owner's newest conversation when nothing was said in it yet
     and it has the persona asked for (clicking again does not leave a trail of empty
     conversations), else a new one (``do_start_conversation``)."""
-    if persona is None:
-        persona = Persona.objects.filter(is_active=True, is_default=True).first()
+    persona = persona or _default_persona()
     newest = Conversation.objects.filter(owner=owner).order_by("-created_at", "-pk").first()
     if (
         newest is not None

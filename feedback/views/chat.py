@@ -162,18 +162,14 @@ def _thread_end(
     return reswap(retarget(HttpResponse(response), f"#msg-{end.replacing}"), "outerHTML")
 
 
-def _new_title(request: HtmxHttpRequest, conversation: Conversation) -> str:
-    """The conversation's title, out of band: in the page's header and in its sidebar link, and
-    the browser tab's."""
-    oob = {"conversation": conversation, "oob": True}
-    title: str = render_to_string("feedback/chat.html#title", oob, request)
-    return _tab_title(conversation) + title + _recent_link(request, conversation)
-
-
-def _tab_title(conversation: Conversation) -> str:
-    """The browser tab's title, as base.html writes it (htmx takes a ``<title>`` at the top
-    level of a response for the page's)."""
-    return format_html("<title>{} · {}</title>", conversation.title, settings.SITE_NAME)
+def _new_title(request: HtmxHttpRequest, conversation: Conversation, *, oob: bool = True) -> str:
+    """The conversation's title in the page's header (out of band, or as the response's own
+    content), in its sidebar link and in the browser tab (htmx takes a ``<title>`` at the top
+    level of a response for the page's, written as base.html writes it)."""
+    context = {"conversation": conversation, "oob": oob}
+    title: str = render_to_string("feedback/chat.html#title", context, request)
+    tab = format_html("<title>{} · {}</title>", conversation.title, settings.SITE_NAME)
+    return tab + title + _recent_link(request, conversation)
 
 
 def _recent_link(request: HtmxHttpRequest, conversation: Conversation) -> str:
@@ -368,9 +364,7 @@ def rename(request: HtmxHttpRequest, conversation_id: int) -> HttpResponse:
             return render(request, "feedback/chat.html#title", context, status=UNPROCESSABLE)
         flash.error(request, str(exc))
     if request.htmx:  # the header in place, the sidebar link and the tab's title along
-        context = {"conversation": conversation}
-        title = render_to_string("feedback/chat.html#title", context, request)
-        return HttpResponse(_tab_title(conversation) + title + _recent_link(request, conversation))
+        return HttpResponse(_new_title(request, conversation, oob=False))
     return redirect("chat", conversation_id=conversation.pk)
 
 
@@ -396,8 +390,12 @@ def update_settings(request: HtmxHttpRequest, conversation_id: int) -> HttpRespo
         )
     except ValueError as exc:  # ChatInputError is a ValueError; so is a malformed number
         error = str(exc) if isinstance(exc, ChatInputError) else "Enter numbers."
-    limits = ChatLimits.current()
-    context = {"conversation": conversation, "limits": limits, "error": error, "saved": not error}
+    context = {
+        "conversation": conversation,
+        "limits": ChatLimits.current(),
+        "error": error,
+        "saved": not error,
+    }
     if request.htmx:
         status = UNPROCESSABLE if error else 200
         return render(request, "feedback/chat.html#settings", context, status=status)

@@ -422,6 +422,60 @@ def run_samples(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_topicality_command(
+    subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
+) -> None:
+    parser = subparsers.add_parser(
+        "topicality",
+        help="answer held-out questions greedily; count the answers that stay on their topic",
+    )
+    parser.add_argument("--model", type=Path, required=True, metavar="DIR", help="checkpoint")
+    parser.add_argument(
+        "--topics", type=Path, required=True, metavar="FILE", help="question<TAB>word|word lines"
+    )
+    parser.add_argument("--seeds", type=int, default=3, metavar="N", help="answers per question")
+    parser.add_argument("--max-new-tokens", type=int, default=64, metavar="N")
+    parser.set_defaults(func=run_topicality)
+
+
+def run_topicality(args: argparse.Namespace) -> int:
+    """One line per answer (+ on topic, - not), then one JSON line of the figures."""
+    import json
+
+    from model_runtime.checkpoints import load_checkpoint
+    from model_runtime.tokenizer import ChatTokenizer
+    from model_runtime.topicality import answer_topics, read_topics
+
+    if args.seeds < 1:
+        raise CommandError(f"--seeds must be >= 1, got {args.seeds}")
+    try:
+        questions = read_topics(args.topics)
+    except (OSError, ValueError) as error:
+        raise CommandError(str(error)) from error
+    loaded = load_checkpoint(args.model)
+    if loaded.tokenizer_json is None:
+        raise CommandError(f"{args.model} holds no tokenizer.json")
+    answers = answer_topics(
+        loaded.model.float(),
+        ChatTokenizer.from_str(loaded.tokenizer_json),
+        questions,
+        seeds=range(args.seeds),
+        max_new_tokens=args.max_new_tokens,
+    )
+    for answer in answers:
+        mark = "+" if answer.on_topic else "-"
+        print(f"{mark} [seed {answer.seed}] {answer.question} -> {answer.answer!r}")
+    on_topic = sum(answer.on_topic for answer in answers)
+    figures = {
+        "questions": len(questions),
+        "answers": len(answers),
+        "on_topic": on_topic,
+        "rate": round(on_topic / len(answers), 3),
+    }
+    print(json.dumps(figures))
+    return 0
+
+
 def add_build_kernels_command(
     subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
 ) -> None:
@@ -453,6 +507,7 @@ COMMANDS: list[Registrar] = [
     add_generate_command,
     add_chat_command,
     add_samples_command,
+    add_topicality_command,
     add_serve_command,
     add_build_kernels_command,
 ]

@@ -1,9 +1,9 @@
 """``samples``: answers of a model to a list of prompts, as Markdown, exactly as generated.
 
 Used for the model card (``docs/base-model.md``): each prompt is one user turn, answered with
-the chat app's default sampling (temperature 0.7, top-p 0.95) and a fixed seed, so the same
-model gives the same page. Nothing is edited: the text is shown as decoded, with the finish
-reason (``stop`` means the model ended its turn with ``<|end|>``).
+the chat app's default sampling (temperature 0.7, top-p 0.95, frequency penalty 0.3) and a
+fixed seed, so the same model gives the same page. Nothing is edited: the text is shown as
+decoded, with the finish reason (``stop`` means the model ended its turn with ``<|end|>``).
 """
 
 from __future__ import annotations
@@ -15,10 +15,13 @@ import torch
 
 from model_runtime.generation import generate
 from model_runtime.palm import PaLM
-from model_runtime.sampling import CHAT_TOP_P, SamplingParams
+from model_runtime.sampling import (
+    CHAT_FREQUENCY_PENALTY,
+    CHAT_TEMPERATURE,
+    CHAT_TOP_P,
+    SamplingParams,
+)
 from model_runtime.tokenizer import ChatMessage, ChatTokenizer
-
-CHAT_TEMPERATURE = 0.7  # ChatLimits.default_temperature, the chat app's default
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,7 @@ def sample_answers(
         params = SamplingParams(
             temperature=CHAT_TEMPERATURE,
             top_p=CHAT_TOP_P,
+            frequency_penalty=CHAT_FREQUENCY_PENALTY,
             max_new_tokens=max_new_tokens,
             seed=seed + index,
         )

@@ -22,7 +22,7 @@ from model_runtime.engine import (
     QueueFullError,
     SwapError,
 )
-from model_runtime.sampling import CHAT_TOP_P, SamplingParams
+from model_runtime.sampling import CHAT_FREQUENCY_PENALTY, CHAT_TOP_P, SamplingParams
 from model_runtime.tokenizer import ChatMessage
 
 
@@ -69,6 +69,7 @@ class LocalInferenceClient:
         params = SamplingParams(
             temperature=request.temperature,
             top_p=CHAT_TOP_P if request.temperature > 0 else 1.0,
+            frequency_penalty=CHAT_FREQUENCY_PENALTY,
             max_new_tokens=request.max_new_tokens,
             seed=request.seed,
         )

@@ -20,7 +20,7 @@ from feedback.inference.base import (
     InferenceUnavailable,
     PromptTooLong,
 )
-from model_runtime.sampling import CHAT_TOP_P
+from model_runtime.sampling import CHAT_FREQUENCY_PENALTY, CHAT_TOP_P
 from model_runtime.tokenizer import ChatMessage, ChatTokenizer
 
 
@@ -61,6 +61,7 @@ class RemoteInferenceClient:
             "temperature": request.temperature,
             # the nucleus the in-process engine samples from, so both paths answer alike
             "top_p": CHAT_TOP_P if request.temperature > 0 else 1.0,
+            "frequency_penalty": CHAT_FREQUENCY_PENALTY,
             "max_tokens": request.max_new_tokens,
             "stream": True,
             "stream_options": {"include_usage": True},

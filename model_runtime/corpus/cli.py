@@ -130,9 +130,9 @@ def configure_distill_parser(parser: argparse.ArgumentParser) -> None:
     """Options of ``corpus distill``."""
     parser.add_argument("--corpus", type=Path, required=True, help="a built corpus directory")
     parser.add_argument("--out", type=Path, required=True, help="output directory")
-    parser.add_argument("--limit", type=int, default=2000, help="number of prompts")
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument("--limit", type=int, default=8000, help="number of prompts")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--max-new-tokens", type=int, default=96)
     parser.add_argument("--threads", type=int, default=None, help="torch threads")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -160,6 +160,32 @@ def run_distill(args: argparse.Namespace) -> int:
     return 0
 
 
+def configure_repeat_parser(parser: argparse.ArgumentParser) -> None:
+    """Options of ``corpus repeat``."""
+    parser.add_argument("--corpus", type=Path, required=True, help="a built corpus directory")
+    parser.add_argument("--out", type=Path, required=True, help="output directory")
+    parser.add_argument("--count", type=int, default=6000, help="number of conversations")
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def run_repeat(args: argparse.Namespace) -> int:
+    from model_runtime.corpus.repeat import RepeatConfig, build_repeat_set
+
+    if args.count < 1:
+        print(f"corpus repeat: --count must be >= 1, got {args.count}", file=sys.stderr)
+        return 2
+    config = RepeatConfig(
+        corpus_dir=args.corpus, out_dir=args.out, count=args.count, seed=args.seed
+    )
+    try:
+        manifest = build_repeat_set(config)
+    except FileNotFoundError as error:
+        print(f"corpus repeat: {error}", file=sys.stderr)
+        return 2
+    print(json.dumps({"files": manifest["files"]}))
+    return 0
+
+
 def _add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     build = commands.add_parser(
         "build",
@@ -175,10 +201,16 @@ def _add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser])
     )
     configure_distill_parser(distill)
     distill.set_defaults(func=run_distill)
+    repeat = commands.add_parser(
+        "repeat",
+        help="'say this back to me' conversations from the corpus's sentences (teaches copying)",
+    )
+    configure_repeat_parser(repeat)
+    repeat.set_defaults(func=run_repeat)
 
 
 def add_corpus_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add ``corpus`` (subcommands ``build`` and ``distill``) to a CLI's subparsers; the
+    """Add ``corpus`` (subcommands ``build``, ``distill`` and ``repeat``) to a CLI's subparsers; the
     chosen command is ``args.func(args) -> int``."""
     corpus = subparsers.add_parser("corpus", help="build the training corpus")
     _add_commands(corpus.add_subparsers(dest="corpus_command", required=True))

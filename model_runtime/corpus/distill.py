@@ -15,7 +15,6 @@ their id into ``train.jsonl`` / ``valid.jsonl`` in the corpus's chat format, and
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import importlib.util
 import json
@@ -27,6 +26,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from model_runtime.corpus.chat_sets import hash_split, write_chat_splits
 from model_runtime.corpus.distill_prompts import DistillPrompt, build_prompts, iter_batches
 from model_runtime.corpus.manifest import sha256_file, write_manifest
 
@@ -48,15 +48,17 @@ _WORD = re.compile(r"\w+")
 class DistillConfig:
     corpus_dir: Path  # a built corpus: its chat/train.jsonl gives the chatterbot questions
     out_dir: Path
-    limit: int = 2000
-    batch_size: int = 16
-    max_new_tokens: int = 128
+    limit: int = 8000
+    batch_size: int = 64
+    max_new_tokens: int = 96
     temperature: float = 0.3
     top_p: float = 0.9
     repetition_penalty: float = 1.1
     valid_fraction: float = 0.05
     seed: int = 0
     threads: int | None = None
+    # bf16 halves the teacher's time on a CPU with bf16 units (1.9x at batch 64 on Zen 4)
+    teacher_dtype: str = "bfloat16"
     progress: bool = True
 
 
@@ -93,11 +95,6 @@ def review_answer(text: str, *, finished: bool) -> tuple[str | None, str]:
     return answer, "kept"
 
 
-def _split_of(record_id: str, valid_fraction: float) -> str:
-    bucket = int(hashlib.sha256(record_id.encode("utf-8")).hexdigest()[:8], 16) / 0xFFFFFFFF
-    return "valid" if bucket < valid_fraction else "train"
-
-
 def _student_system(prompt: DistillPrompt) -> str | None:
     bucket = int(prompt.id[:4], 16) % 10
     return STUDENT_SYSTEMS[bucket % len(STUDENT_SYSTEMS)] if bucket < 3 else None
@@ -128,7 +125,7 @@ def smollm2_generator(config: DistillConfig) -> Generator:
     tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
     tokenizer.padding_side = "left"
     model = AutoModelForCausalLM.from_pretrained(
-        path.parent, gguf_file=path.name, dtype=torch.float32
+        path.parent, gguf_file=path.name, dtype=getattr(torch, config.teacher_dtype)
     )
     model.train(False)
     eos_id = tokenizer.eos_token_id
@@ -240,18 +237,8 @@ def _write_outputs(
         reasons[reason] += 1
         if answer is not None:
             line = json.dumps(conversation(prompt, answer), ensure_ascii=False)
-            splits[_split_of(prompt.id, config.valid_fraction)].append(line)
-    files: dict[str, Any] = {}
-    for split, lines in splits.items():
-        path = config.out_dir / f"{split}.jsonl"
-        staging = path.with_suffix(".jsonl.tmp")
-        staging.write_text("".join(line + "\n" for line in lines), "utf-8")
-        staging.replace(path)
-        files[path.name] = {
-            "bytes": path.stat().st_size,
-            "sha256": sha256_file(path),
-            "records": len(lines),
-        }
+            splits[hash_split(prompt.id, config.valid_fraction)].append(line)
+    files = write_chat_splits(config.out_dir, splits)
     teacher = teacher_path() if importlib.util.find_spec(TEACHER_MODULE) else None
     manifest = {
         "format_version": 1,

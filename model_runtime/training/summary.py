@@ -1,9 +1,9 @@
 """The figures of finished training runs, for a model card and an exported model's meta.json.
 
 ``python -m model_runtime.training.summary RUN_DIR [RUN_DIR ...]`` prints one JSON object keyed
-by each run's stage: its final step, held-out loss and perplexity (from ``final/meta.json``),
-the tokens it trained on and its training time (from ``metrics.jsonl``; pauses between an
-interruption and the resume are not counted).
+by each run's stage (``sft-2`` for a second ``sft`` run): its final step, held-out loss and
+perplexity (from ``final/meta.json``), the tokens it trained on and its training time (from
+``metrics.jsonl``; pauses between an interruption and the resume are not counted).
 """
 
 from __future__ import annotations
@@ -56,12 +56,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 2
     try:
-        summary = {str(s["stage"]): s for s in map(run_summary, runs)}
+        summaries = [run_summary(run) for run in runs]
     except (OSError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    print(json.dumps(summary, indent=2))
+    print(json.dumps(keyed_by_stage(summaries), indent=2))
     return 0
+
+
+def keyed_by_stage(summaries: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Runs keyed by their stage, in order; a stage's second run is ``STAGE-2``, and so on
+    (the base policy is instruction-tuned twice: ``sft`` then ``sft-2``)."""
+    keyed: dict[str, dict[str, Any]] = {}
+    for summary in summaries:
+        stage = str(summary["stage"])
+        key, count = stage, 1
+        while key in keyed:
+            count += 1
+            key = f"{stage}-{count}"
+        keyed[key] = summary
+    return keyed
 
 
 if __name__ == "__main__":

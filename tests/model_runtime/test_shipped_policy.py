@@ -19,10 +19,15 @@ from model_runtime.checkpoints import LoadedCheckpoint, load_checkpoint
 from model_runtime.generation import generate
 from model_runtime.sampling import SamplingParams
 from model_runtime.tokenizer import ChatMessage, ChatTokenizer
+from model_runtime.topicality import answer_topics, read_topics
 
 ROOT = Path(__file__).resolve().parents[2]
 BASE = ROOT / "models" / "base"
 RECIPES = ROOT / "configs" / "train"
+TOPICS = ROOT / "docs" / "base-model-topics.tsv"
+# docs/base-model.md gives the shipped model's figure; the floor leaves room for a few answers
+# to change with the float rounding of another CPU or thread count (greedy decoding otherwise)
+MIN_ON_TOPIC = 0.4
 PROMPTS = (
     "Hello! How are you today?",
     "How do I make a cup of tea?",
@@ -49,8 +54,8 @@ def test_the_shipped_files_are_a_verified_bf16_checkpoint_within_budget(
     assert base.tokenizer_json is not None
     metrics = base.meta["metrics"]
     assert metrics["stage"] == "sft"
-    assert metrics["pretrain"]["held_out_perplexity"] > 1
-    assert metrics["sft"]["held_out_perplexity"] > 1
+    for stage in ("pretrain", "sft", "sft-2"):
+        assert metrics[stage]["held_out_perplexity"] > 1, stage
 
 
 def test_the_shipped_files_come_from_the_recipe_that_make_base_model_runs(
@@ -60,10 +65,11 @@ def test_the_shipped_files_come_from_the_recipe_that_make_base_model_runs(
     the steps and tokens its config asks for (a changed recipe without a rebuild fails here)."""
     pretrain = json.loads((RECIPES / "base-pretrain.json").read_text())
     sft = json.loads((RECIPES / "base-sft.json").read_text())
+    assistant = json.loads((RECIPES / "base-assistant.json").read_text())
     for key, value in pretrain["model"].items():
         assert getattr(base.config, key) == value, key
     metrics = base.meta["metrics"]
-    for stage, recipe in (("pretrain", pretrain), ("sft", sft)):
+    for stage, recipe in (("pretrain", pretrain), ("sft", sft), ("sft-2", assistant)):
         tokens_per_step = recipe["seq_len"] * recipe["batch_size"] * recipe["grad_accum_steps"]
         assert metrics[stage]["steps"] == recipe["max_steps"], stage
         assert metrics[stage]["tokens_trained"] == recipe["max_steps"] * tokens_per_step, stage
@@ -88,3 +94,12 @@ def test_everyday_prompts_get_english_answers_that_end_their_turn(
         assert "<|" not in result.text
         grams = Counter(tuple(words[i : i + 4]) for i in range(len(words) - 3))
         assert not grams or max(grams.values()) <= 2, result.text
+
+
+def test_answers_to_held_out_questions_stay_on_their_topic(base: LoadedCheckpoint) -> None:
+    """Questions the distillation teacher was never asked: the answer must name the thing asked
+    about (the build before the assistant tuning managed 2 of 40)."""
+    tokenizer = ChatTokenizer.from_str(base.tokenizer_json or "")
+    answers = answer_topics(base.model.float(), tokenizer, read_topics(TOPICS))
+    rate = sum(answer.on_topic for answer in answers) / len(answers)
+    assert rate >= MIN_ON_TOPIC, [(a.question, a.answer) for a in answers if not a.on_topic]

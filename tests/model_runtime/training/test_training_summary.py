@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from model_runtime.training.config import TrainConfig
-from model_runtime.training.summary import main, run_summary
+from model_runtime.training.summary import keyed_by_stage, main, run_summary
 from model_runtime.training.trainer import Trainer
 
 
@@ -32,6 +32,19 @@ def test_a_finished_run_reports_held_out_perplexity_tokens_and_time(
 
     assert main([str(config.output_dir)]) == 0
     assert json.loads(capsys.readouterr().out) == {"pretrain": summary}
+
+
+def test_runs_of_the_same_stage_are_numbered_in_order() -> None:
+    first = {"stage": "sft", "steps": 300}
+    second = {"stage": "sft", "steps": 600}
+    third = {"stage": "sft", "steps": 900}
+    pretrain = {"stage": "pretrain", "steps": 1200}
+    assert keyed_by_stage([pretrain, first, second, third]) == {
+        "pretrain": pretrain,
+        "sft": first,
+        "sft-2": second,
+        "sft-3": third,
+    }
 
 
 def test_an_unfinished_run_is_a_clear_error(

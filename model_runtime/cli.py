@@ -427,7 +427,7 @@ def add_topicality_command(
 ) -> None:
     parser = subparsers.add_parser(
         "topicality",
-        help="answer held-out questions greedily; count the answers that stay on their topic",
+        help="answer held-out questions as the chat app does; count the answers on their topic",
     )
     parser.add_argument("--model", type=Path, required=True, metavar="DIR", help="checkpoint")
     parser.add_argument(
@@ -452,6 +452,8 @@ def run_topicality(args: argparse.Namespace) -> int:
         questions = read_topics(args.topics)
     except (OSError, ValueError) as error:
         raise CommandError(str(error)) from error
+    if not questions:
+        raise CommandError(f"{args.topics} holds no questions")
     loaded = load_checkpoint(args.model)
     if loaded.tokenizer_json is None:
         raise CommandError(f"{args.model} holds no tokenizer.json")

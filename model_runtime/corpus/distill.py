@@ -57,9 +57,38 @@ class DistillConfig:
     valid_fraction: float = 0.05
     seed: int = 0
     threads: int | None = None
-    # bf16 halves the teacher's time on a CPU with bf16 units (1.9x at batch 64 on Zen 4)
-    teacher_dtype: str = "bfloat16"
+    # "auto": bfloat16 on a CPU with bf16 units (1.9x float32's speed at batch 64 on Zen 4),
+    # float32 where bf16 is only emulated (slower there)
+    teacher_dtype: str = "auto"
     progress: bool = True
+
+
+TEACHER_DTYPES = ("auto", "bfloat16", "float32")
+
+
+def resolve_teacher_dtype(name: str) -> str:
+    """The dtype the teacher runs in: ``auto`` as in the module's config comment."""
+    if name not in TEACHER_DTYPES:
+        raise ValueError(f"teacher dtype {name!r}: expected one of {TEACHER_DTYPES}")
+    if name != "auto":
+        return name
+    from model_runtime.cpu_features import native_bf16_cpu
+
+    return "bfloat16" if native_bf16_cpu() else "float32"
+
+
+def generation_settings(config: DistillConfig) -> dict[str, Any]:
+    """What decides a teacher's answer besides its prompt: a record made under other settings
+    is answered again on resume instead of being mixed in."""
+    return {
+        "dtype": resolve_teacher_dtype(config.teacher_dtype),
+        "batch_size": config.batch_size,
+        "max_new_tokens": config.max_new_tokens,
+        "temperature": config.temperature,
+        "top_p": config.top_p,
+        "repetition_penalty": config.repetition_penalty,
+        "seed": config.seed,
+    }
 
 
 def teacher_path() -> Path:
@@ -125,7 +154,9 @@ def smollm2_generator(config: DistillConfig) -> Generator:
     tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
     tokenizer.padding_side = "left"
     model = AutoModelForCausalLM.from_pretrained(
-        path.parent, gguf_file=path.name, dtype=getattr(torch, config.teacher_dtype)
+        path.parent,
+        gguf_file=path.name,
+        dtype=getattr(torch, resolve_teacher_dtype(config.teacher_dtype)),
     )
     model.train(False)
     eos_id = tokenizer.eos_token_id
@@ -165,14 +196,16 @@ def smollm2_generator(config: DistillConfig) -> Generator:
     return generate
 
 
-def _read_raw(path: Path) -> dict[str, dict[str, Any]]:
+def _read_raw(path: Path, settings: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The answers of ``raw.jsonl`` generated under ``settings`` (a later line wins)."""
     done: dict[str, dict[str, Any]] = {}
     if path.exists():
         with path.open(encoding="utf-8") as handle:
             for line in handle:
                 if line.strip():
                     record = json.loads(line)
-                    done[record["prompt_id"]] = record
+                    if record.get("settings") == settings:
+                        done[record["prompt_id"]] = record
     return done
 
 
@@ -188,7 +221,8 @@ def distill(config: DistillConfig, generator: Generator | None = None) -> dict[s
         config.corpus_dir / "chat" / "train.jsonl", limit=config.limit, seed=config.seed
     )
     raw_path = config.out_dir / "raw.jsonl"
-    done = _read_raw(raw_path)
+    settings = generation_settings(config)
+    done = _read_raw(raw_path, settings)
     todo = [prompt for prompt in prompts if prompt.id not in done]
     started = time.monotonic()
     if todo:
@@ -215,6 +249,7 @@ def distill(config: DistillConfig, generator: Generator | None = None) -> dict[s
                         "answer": text,
                         "finished": finished,
                         "seconds": round(share, 4),
+                        "settings": settings,
                     }
                     raw.write(json.dumps(record, ensure_ascii=False) + "\n")
                     done[prompt.id] = record
@@ -252,6 +287,7 @@ def _write_outputs(
             "system_prompt": TEACHER_SYSTEM,
         },
         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()},
+        "generation": generation_settings(config),
         "prompts": dict(Counter(prompt.origin for prompt in prompts)),
         "review": dict(reasons),
         # the teacher's time for the answers kept in raw.jsonl (absent from records written

@@ -25,8 +25,8 @@ ROOT = Path(__file__).resolve().parents[2]
 BASE = ROOT / "models" / "base"
 RECIPES = ROOT / "configs" / "train"
 TOPICS = ROOT / "docs" / "base-model-topics.tsv"
-# docs/base-model.md gives the shipped model's figure; the floor leaves room for a few answers
-# to change with the float rounding of another CPU or thread count (greedy decoding otherwise)
+# docs/base-model.md gives the shipped model's figure (0.53); the floor leaves room for answers
+# that change with the float rounding of another CPU or thread count (the seeds are fixed)
 MIN_ON_TOPIC = 0.4
 PROMPTS = (
     "Hello! How are you today?",
@@ -98,7 +98,7 @@ def test_everyday_prompts_get_english_answers_that_end_their_turn(
 
 def test_answers_to_held_out_questions_stay_on_their_topic(base: LoadedCheckpoint) -> None:
     """Questions the distillation teacher was never asked: the answer must name the thing asked
-    about (the build before the assistant tuning managed 2 of 40)."""
+    about (the build before the assistant tuning managed 0 of 120)."""
     tokenizer = ChatTokenizer.from_str(base.tokenizer_json or "")
     answers = answer_topics(base.model.float(), tokenizer, read_topics(TOPICS))
     rate = sum(answer.on_topic for answer in answers) / len(answers)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,8 @@ from model_runtime.corpus.distill import (
     DistillConfig,
     conversation,
     distill,
+    generation_settings,
+    resolve_teacher_dtype,
     review_answer,
     smollm2_generator,
 )
@@ -196,6 +199,38 @@ def test_an_interrupted_distill_continues_where_it_stopped(
     rerun = distill(config, scripted({}, []))  # nothing left to answer
     assert rerun["seconds_this_run"] < 0.15
     assert rerun["generation_seconds"] == manifest["generation_seconds"]
+
+
+def test_answers_made_under_other_settings_are_answered_again(
+    corpus_dir: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "distill"
+    config = DistillConfig(
+        corpus_dir=corpus_dir,
+        out_dir=out,
+        limit=12,
+        batch_size=4,
+        teacher_dtype="float32",
+        progress=False,
+    )
+    first: list[list[str]] = []
+    distill(config, scripted({}, first))
+    assert sum(map(len, first)) == 12
+    again: list[list[str]] = []
+    distill(config, scripted({}, again))
+    assert again == []  # same settings: nothing to redo
+    longer = replace(config, max_new_tokens=config.max_new_tokens + 1)
+    manifest = distill(longer, scripted({}, again))
+    assert sum(map(len, again)) == 12
+    assert manifest["generation"] == generation_settings(longer)
+    assert manifest["generation"]["dtype"] == "float32"
+
+
+def test_an_unknown_teacher_dtype_is_refused() -> None:
+    assert resolve_teacher_dtype("bfloat16") == "bfloat16"
+    assert resolve_teacher_dtype("auto") in ("bfloat16", "float32")
+    with pytest.raises(ValueError, match="teacher dtype 'half'"):
+        resolve_teacher_dtype("half")
 
 
 @pytest.mark.skipif(

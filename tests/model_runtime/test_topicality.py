@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from model_runtime.cli import main
 from model_runtime.corpus.distill_prompts import STANDALONE, template_questions
 from model_runtime.topicality import TopicQuestion, read_topics
 
@@ -52,3 +53,25 @@ def test_the_model_cards_questions_are_held_out_from_the_distilled_set() -> None
     assert len(questions) >= 40
     asked = {text.casefold() for text in (*STANDALONE, *template_questions())}
     assert not [q.question for q in questions if q.question.casefold() in asked]
+
+
+@pytest.mark.parametrize(
+    ("topics", "extra", "message"),
+    [
+        ("# only a comment\n\n", [], "holds no questions"),
+        ("What is jazz?\n", [], "expected 'question<TAB>word|word'"),
+        ("What is jazz?\tjazz\n", ["--seeds", "0"], "--seeds must be >= 1"),
+    ],
+)
+def test_the_command_refuses_bad_input_with_one_clear_line(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    topics: str,
+    extra: list[str],
+    message: str,
+) -> None:
+    path = tmp_path / "topics.tsv"
+    path.write_text(topics)
+    args = ["topicality", "--model", str(tmp_path / "no-model"), "--topics", str(path), *extra]
+    assert main(args) == 1
+    assert message in capsys.readouterr().err

@@ -15,12 +15,7 @@ import torch
 
 from model_runtime.generation import generate
 from model_runtime.palm import PaLM
-from model_runtime.sampling import (
-    CHAT_FREQUENCY_PENALTY,
-    CHAT_TEMPERATURE,
-    CHAT_TOP_P,
-    SamplingParams,
-)
+from model_runtime.sampling import chat_sampling
 from model_runtime.tokenizer import ChatMessage, ChatTokenizer
 
 
@@ -48,13 +43,7 @@ def sample_answers(
         ids = tokenizer.encode_chat(
             [*head, ChatMessage("user", prompt)], add_generation_prompt=True
         ).ids
-        params = SamplingParams(
-            temperature=CHAT_TEMPERATURE,
-            top_p=CHAT_TOP_P,
-            frequency_penalty=CHAT_FREQUENCY_PENALTY,
-            max_new_tokens=max_new_tokens,
-            seed=seed + index,
-        )
+        params = chat_sampling(max_new_tokens=max_new_tokens, seed=seed + index)
         with torch.inference_mode():
             [result] = generate(model, tokenizer, [ids], params)
         samples.append(Sample(prompt, result.text, result.finish_reason, result.completion_tokens))

@@ -302,3 +302,17 @@ def sample_from_logits(
 def greedy_tokens(logits: torch.Tensor) -> torch.Tensor:
     """Argmax per row (lowest id on ties). logits: (B, V). Returns (B,) long."""
     return logits.argmax(dim=-1)
+
+
+def chat_sampling(
+    *, max_new_tokens: int, temperature: float = CHAT_TEMPERATURE, seed: int | None = None
+) -> SamplingParams:
+    """How the chat app samples an answer (both inference paths, the model card's samples and
+    topic check): its nucleus when it samples at all, and its frequency penalty."""
+    return SamplingParams(
+        temperature=temperature,
+        top_p=CHAT_TOP_P if temperature > 0 else 1.0,
+        frequency_penalty=CHAT_FREQUENCY_PENALTY,
+        max_new_tokens=max_new_tokens,
+        seed=seed,
+    )

@@ -19,12 +19,7 @@ import torch
 
 from model_runtime.generation import generate
 from model_runtime.palm import PaLM
-from model_runtime.sampling import (
-    CHAT_FREQUENCY_PENALTY,
-    CHAT_TEMPERATURE,
-    CHAT_TOP_P,
-    SamplingParams,
-)
+from model_runtime.sampling import chat_sampling
 from model_runtime.tokenizer import ChatMessage, ChatTokenizer
 
 
@@ -78,13 +73,7 @@ def answer_topics(
     ]
     answers = []
     for seed in seeds:
-        params = SamplingParams(
-            temperature=CHAT_TEMPERATURE,
-            top_p=CHAT_TOP_P,
-            frequency_penalty=CHAT_FREQUENCY_PENALTY,
-            max_new_tokens=max_new_tokens,
-            seed=seed,
-        )
+        params = chat_sampling(max_new_tokens=max_new_tokens, seed=seed)
         with torch.inference_mode():
             results = generate(model, tokenizer, prompts, params)
         answers += [

@@ -22,7 +22,7 @@ from model_runtime.engine import (
     QueueFullError,
     SwapError,
 )
-from model_runtime.sampling import CHAT_FREQUENCY_PENALTY, CHAT_TOP_P, SamplingParams
+from model_runtime.sampling import chat_sampling
 from model_runtime.tokenizer import ChatMessage
 
 
@@ -66,10 +66,8 @@ class LocalInferenceClient:
     async def stream_chat(
         self, request: ChatGenerationRequest
     ) -> AsyncGenerator[str | GenerationFinished, None]:
-        params = SamplingParams(
+        params = chat_sampling(
             temperature=request.temperature,
-            top_p=CHAT_TOP_P if request.temperature > 0 else 1.0,
-            frequency_penalty=CHAT_FREQUENCY_PENALTY,
             max_new_tokens=request.max_new_tokens,
             seed=request.seed,
         )

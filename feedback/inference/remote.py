@@ -20,7 +20,7 @@ from feedback.inference.base import (
     InferenceUnavailable,
     PromptTooLong,
 )
-from model_runtime.sampling import CHAT_FREQUENCY_PENALTY, CHAT_TOP_P
+from model_runtime.sampling import chat_sampling
 from model_runtime.tokenizer import ChatMessage, ChatTokenizer
 
 
@@ -55,14 +55,17 @@ class RemoteInferenceClient:
     async def stream_chat(
         self, request: ChatGenerationRequest
     ) -> AsyncGenerator[str | GenerationFinished, None]:
+        # the in-process engine's settings, so both paths answer alike
+        params = chat_sampling(
+            temperature=request.temperature, max_new_tokens=request.max_new_tokens
+        )
         body = {
             "model": "policy",
             "messages": [{"role": m.role, "content": m.content} for m in request.messages],
-            "temperature": request.temperature,
-            # the nucleus the in-process engine samples from, so both paths answer alike
-            "top_p": CHAT_TOP_P if request.temperature > 0 else 1.0,
-            "frequency_penalty": CHAT_FREQUENCY_PENALTY,
-            "max_tokens": request.max_new_tokens,
+            "temperature": params.temperature,
+            "top_p": params.top_p,
+            "frequency_penalty": params.frequency_penalty,
+            "max_tokens": params.max_new_tokens,
             "stream": True,
             "stream_options": {"include_usage": True},
             "user": request.user,

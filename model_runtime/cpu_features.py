@@ -3,6 +3,8 @@
 bf16 is fast on a CPU only where it is native: x86 AVX512-BF16 or AMX, where oneDNN's bf16
 matmuls ran ~4x float32. Elsewhere oneDNN emulates it, and a compute-bound bf16 matmul ran 2.4x
 slower than float32 (a 2-core AVX-512 Xeon without BF16: 44 against 107 GFLOP/s at 1024^3).
+Native is not always faster than float32 either (an Intel Xeon VM with AVX512-BF16 but no AMX:
+162 against 310 GFLOP/s): :mod:`bf16_products` measures which way bf16 products should go.
 """
 
 from __future__ import annotations

@@ -36,6 +36,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from model_runtime import bf16_products
 from model_runtime.palm import PaLM, ParallelBlock
 
 LORA_TARGETS = ("q", "k", "v", "attn_out", "ff_in", "ff_out")
@@ -128,7 +129,7 @@ class LoRALinear(nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (..., in) -> (..., out): the base projection plus the active set's adapters."""
-        out = F.linear(x, self.weight)  # (..., out)
+        out = bf16_products.linear(x, self.weight)  # (..., out); F.linear, see bf16_products
         if self.active is None or self.active not in self.adapters:
             return out
         adapters = self.adapters[self.active]

@@ -9,17 +9,17 @@ for 8 rows (a 7040 x 768 weight, 1 thread), as fast for 256 rows, with bit-ident
 
 :func:`linear` takes that path only where it is sound and useful: bf16 input and weight on a CPU
 whose oneDNN has bf16 kernels, and no autograd (packed products have no backward). Everything else
-(float32, CUDA, training) is plain ``F.linear``.
+(float32, CUDA, training) is ``F.linear``, which :mod:`bf16_products` computes through the
+float32 GEMM under bf16 autocast where that is faster.
 
-oneDNN computes bf16 natively only where the CPU has AVX512-BF16 or AMX (:mod:`cpu_features`);
-elsewhere it emulates it, and a many-row bf16 product (a prefill) ran 3-3.5x slower than the same
-product in float32 (a 2-core AVX-512 Xeon without BF16; 1 row, memory-bound, was still 1.3x
-faster in bf16 with half the bytes to read). On such CPUs a product of at least
-:data:`FLOAT32_FROM_ROWS` rows runs in float32 against a float32 copy of the weights, made on first
-use like a packed copy, and returns bf16. :func:`linear_sum` adds up several products with
-one output (PaLM's attention and feed-forward output projections) as one product over the
-concatenated inputs and weights: one pass over the weights instead of several, and for small
-weights the fixed cost of a call, which dominates at one row, is paid once.
+Where :func:`bf16_products.float32_faster` (oneDNN emulating bf16 on a CPU without AVX512-BF16:
+a many-row bf16 product ran 3-3.5x slower than in float32; or a CPU whose float32 GEMM simply
+beats its bf16 one), a product of at least :data:`FLOAT32_FROM_ROWS` rows runs in float32
+against a float32 copy of the weights, made on first use like a packed copy, and returns bf16 (a
+one-row product, memory-bound, stays bf16: half the bytes to read). :func:`linear_sum` adds up
+several products with one output (PaLM's attention and feed-forward output projections) as one
+product over the concatenated inputs and weights: one pass over the weights instead of several,
+and for small weights the fixed cost of a call, which dominates at one row, is paid once.
 
 A product of one or two rows (a decoding step at batch 1 or 2) goes to
 :mod:`bf16_row_product`'s kernel where it is available: it streams the plain weights from memory
@@ -34,8 +34,8 @@ same storage. Every in-place change made through a weight or a view of it (optim
 bypasses the counter (writing through ``weight.data``; fused optimizers, which the trainer does
 not use, and which only ever update float32 training weights here) must be followed by
 :func:`forget_packed`. A packed copy is a second copy of its weights in memory, freed with
-them; a float32 copy costs twice the bf16 weights, and exists only on CPUs without native bf16,
-for weights that met a many-row product.
+them; a float32 copy costs twice the bf16 weights, and exists only on CPUs whose float32 GEMM
+is the faster, for weights that met a many-row product.
 """
 
 from __future__ import annotations
@@ -49,8 +49,8 @@ from functools import cache
 import torch
 import torch.nn.functional as F
 
-from model_runtime import bf16_row_product
-from model_runtime.cpu_features import native_bf16_cpu
+from model_runtime import bf16_products, bf16_row_product
+from model_runtime.bf16_products import float32_faster
 
 
 @dataclass(frozen=True)
@@ -105,8 +105,8 @@ _SINGLE_FLOAT32 = _PackedTable()
 _SUMS_FLOAT32 = _PackedTable()
 _TABLES = (_SINGLE, _SUMS, _SINGLE_FLOAT32, _SUMS_FLOAT32)
 
-# On a CPU without native bf16, products of at least this many rows run in float32. A decode step
-# (one row per sequence) stays in packed bf16 up to a batch of 15.
+# Where the float32 GEMM is the faster, products of at least this many rows run in float32. A
+# decode step (one row per sequence) stays in packed bf16 up to a batch of 15.
 FLOAT32_FROM_ROWS = 16
 
 
@@ -120,14 +120,15 @@ def _bf16_kernels() -> bool:
 
 
 def _in_float32(x: torch.Tensor) -> bool:
-    """Whether a product with ``x`` (bf16, ..., in) runs in float32: many rows, emulated bf16."""
-    return x.numel() >= FLOAT32_FROM_ROWS * x.shape[-1] and not native_bf16_cpu()
+    """Whether a product with ``x`` (bf16, ..., in) runs in float32: many rows, on a CPU whose
+    float32 GEMM is the faster."""
+    return x.numel() >= FLOAT32_FROM_ROWS * x.shape[-1] and float32_faster()
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """``F.linear(x, weight)``: x (..., in), weight (out, in) -> (..., out)."""
     if not _packable_inputs((x,), (weight,)):  # first: training and torch.compile stop here
-        return F.linear(x, weight)
+        return bf16_products.linear(x, weight)
     if _few_rows(x):
         streamed = bf16_row_product.row_product_sum((x,), (weight,))
         if streamed is not None:
@@ -194,9 +195,9 @@ def _side_by_side(inputs: Sequence[torch.Tensor]) -> bool:
 
 
 def _plain_sum(inputs: Sequence[torch.Tensor], weights: Sequence[torch.Tensor]) -> torch.Tensor:
-    out = F.linear(inputs[0], weights[0])
+    out = bf16_products.linear(inputs[0], weights[0])
     for x, w in zip(inputs[1:], weights[1:], strict=True):
-        out = out + F.linear(x, w)
+        out = out + bf16_products.linear(x, w)
     return out
 
 

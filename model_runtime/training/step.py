@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from model_runtime.bf16_cross_entropy import cross_entropy_rows
+from model_runtime.bf16_products import float32_faster, product_dtype
 from model_runtime.cpu_features import native_bf16_cpu
 from model_runtime.palm import PaLM
 from model_runtime.training.config import ComputePrecision, Precision
@@ -112,11 +113,13 @@ class _LinearCrossEntropy(torch.autograd.Function):
         chunk_rows: int,
     ) -> torch.Tensor:
         rows = hidden.shape[0]
-        w = weight.to(compute_dtype)  # (V, D)
-        h_all = hidden.to(compute_dtype)  # (N, D)
+        # operands rounded to the compute dtype, multiplied in ``wide`` (bf16_products)
+        wide = product_dtype(compute_dtype, hidden.device)
+        w = weight.to(compute_dtype).to(wide)  # (V, D)
+        h_all = hidden.to(compute_dtype).to(wide)  # (N, D)
         need_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
-        grad_hidden = torch.empty_like(h_all) if need_grad else None  # (N, D)
+        grad_hidden = torch.empty_like(h_all, dtype=compute_dtype) if need_grad else None  # (N, D)
         grad_weight = torch.zeros_like(weight, dtype=torch.float32) if need_grad else None
         group_rows = chunk_rows * LOSS_WEIGHT_GRAD_BLOCKS
         # d loss / d logits of the rows since the last weight-gradient product
@@ -129,7 +132,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
             stop = min(rows, start + chunk_rows)
             h = h_all[start:stop]  # (n, D)
             target = labels[start:stop]  # (n,)
-            logits = h @ w.T  # (n, V), compute dtype
+            logits = (h @ w.T).to(compute_dtype)  # (n, V)
             if grad_hidden is None or grad_weight is None or pending is None:
                 total += _block_loss(logits, target, None)
                 continue
@@ -137,9 +140,10 @@ class _LinearCrossEntropy(torch.autograd.Function):
             # d loss / d logits of these rows: softmax - onehot(label)
             grad_c = pending[start - group_start : stop - group_start]  # (n, V)
             total += _block_loss(logits, target, grad_c)
-            grad_hidden[start:stop] = grad_c @ w  # (n, D)
+            grad_hidden[start:stop] = grad_c.to(wide) @ w  # (n, D)
             if stop == rows or stop - group_start == group_rows:
-                grad_weight += (pending[: stop - group_start].T @ h_all[group_start:stop]).float()
+                grads = pending[: stop - group_start].to(wide)
+                grad_weight += (grads.T @ h_all[group_start:stop]).to(compute_dtype).float()
         ctx.save_for_backward(grad_hidden, grad_weight)
         ctx.hidden_dtype = hidden.dtype
         ctx.weight_dtype = weight.dtype
@@ -167,8 +171,9 @@ def linear_cross_entropy_sum(
     """``lm_loss_sum(hidden @ weight.T, labels)`` without materialising the logits.
 
     hidden (B, T, D), weight (V, D), labels (B, T) -> scalar float32. The matmuls run in
-    ``compute_dtype`` (bf16 under mixed precision, as autocast would run them), the softmax in
-    float32. Both gradients are computed during the forward pass, block by block, and kept
+    ``compute_dtype`` (bf16 under mixed precision, as autocast would run them; on a CPU whose
+    float32 GEMM is the faster, through it, rounded as bf16: :mod:`bf16_products`), the softmax
+    in float32. Both gradients are computed during the forward pass, block by block, and kept
     until backward: (N, D) + (V, D) numbers instead of the (N, V) logits, with the logit
     gradients of up to ``LOSS_WEIGHT_GRAD_BLOCKS`` blocks held meanwhile in ``compute_dtype``.
     """
@@ -190,10 +195,12 @@ def _loss_only(
     chunk_rows: int,
 ) -> torch.Tensor:
     """The forward half of :class:`_LinearCrossEntropy` (evaluation: no gradients)."""
-    w = weight.to(compute_dtype)  # (V, D)
+    wide = product_dtype(compute_dtype, hidden.device)
+    w = weight.to(compute_dtype).to(wide)  # (V, D)
     total = torch.zeros((), dtype=torch.float32, device=hidden.device)
     for start in range(0, hidden.shape[0], chunk_rows):
-        logits = hidden[start : start + chunk_rows].to(compute_dtype) @ w.T  # (n, V)
+        h = hidden[start : start + chunk_rows].to(compute_dtype).to(wide)
+        logits = (h @ w.T).to(compute_dtype)  # (n, V)
         total += _block_loss(logits, labels[start : start + chunk_rows], None)
     return total
 
@@ -212,6 +219,8 @@ class CausalLMLoss(nn.Module):
         super().__init__()
         self.model = model
         self.precision = precision
+        if precision == "bf16":
+            float32_faster()  # decided before torch.compile traces the products that ask
 
     def forward(self, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         device = inputs.device

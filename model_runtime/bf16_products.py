@@ -1,0 +1,151 @@
+"""bf16 matrix products through the float32 GEMM, on CPUs where that is the faster way.
+
+A bf16 product (bf16 operands, float32 sums, a bf16 result) can be computed by oneDNN's bf16
+kernels, or by widening the operands to float32 and calling the float32 GEMM: the product of two
+bf16 numbers is exact in float32, so both give the same result up to the order of the sums. Which
+is faster depends on the CPU, and not only on whether it has bf16 instructions:
+
+- AMD Zen 4 (AVX512-BF16): oneDNN's bf16 ran ~2-4x float32 (see :mod:`cpu_features`).
+- A 2-core Intel Xeon VM with AVX512-BF16 but no AMX (Emerald Rapids): oneDNN's bf16 162
+  GFLOP/s against MKL's float32 310 (2048^3, 2 threads); a 10M PaLM's training step 908 ms in
+  bf16 autocast, 555 ms in float32.
+- Without AVX512-BF16, oneDNN emulates bf16: 44 against 107 GFLOP/s.
+
+:func:`float32_faster` times both once per process (a 1024^3 product each, ~50 ms) at the thread
+count of the moment; ``PALMLOOP_BF16_PRODUCTS=native`` or ``float32`` decides instead. Where the
+float32 GEMM wins, :func:`linear` computes a bf16-autocast ``F.linear`` with it (training keeps
+bf16's numbers and its half-size saved activations), the trainer's chunked loss does the same
+(:func:`product_dtype`), and inference's many-row products run against float32 copies of the
+weights (:mod:`packed_linear`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+log = logging.getLogger(__name__)
+
+ENV = "PALMLOOP_BF16_PRODUCTS"
+MODES = ("auto", "native", "float32")
+# The float32 GEMM must beat the bf16 one by this much: widening the operands costs a pass over
+# them, and near a tie the choice would flip between processes.
+MARGIN = 1.15
+_SIDE = 1024
+
+_decision: bool | None = None
+
+
+def float32_faster() -> bool:
+    """Whether bf16 products run faster through the float32 GEMM here (decided once per
+    process; call it before ``torch.compile`` traces a caller, which then sees a constant)."""
+    if _decision is None:
+        _decide()
+    return bool(_decision)
+
+
+@torch.compiler.disable  # type: ignore[untyped-decorator]
+def _decide() -> None:
+    global _decision
+    mode = os.environ.get(ENV, "auto").strip().lower() or "auto"
+    if mode not in MODES:
+        raise ValueError(f"{ENV}={mode!r}: expected one of {', '.join(MODES)}")
+    if mode != "auto":
+        _decision = mode == "float32"
+        return
+    bf16, fp32 = product_rates()
+    _decision = fp32 > MARGIN * bf16
+    log.info(
+        "bf16 products: %s (bf16 GEMM %.0f GFLOP/s, float32 GEMM %.0f GFLOP/s, %d threads)",
+        "through the float32 GEMM" if _decision else "native",
+        bf16,
+        fp32,
+        torch.get_num_threads(),
+    )
+
+
+def product_rates(side: int = _SIDE, repeats: int = 3) -> tuple[float, float]:
+    """GFLOP/s of a ``side``^3 product in bf16 and in float32 on the CPU (best of ``repeats``)."""
+    flops = 2 * side**3
+    rates = []
+    with torch.inference_mode():
+        for dtype in (torch.bfloat16, torch.float32):
+            a = torch.randn(side, side).to(dtype)
+            b = torch.randn(side, side).to(dtype)
+            torch.mm(a, b)  # warm-up: kernel selection, page faults
+            best = float("inf")
+            for _ in range(repeats):
+                started = time.perf_counter()
+                torch.mm(a, b)
+                best = min(best, time.perf_counter() - started)
+            rates.append(flops / best / 1e9)
+    return rates[0], rates[1]
+
+
+def forget_decision() -> None:
+    """Decide again at the next call (tests; after changing the environment variable)."""
+    global _decision
+    _decision = None
+
+
+def _rerouted(x: torch.Tensor) -> bool:
+    """Whether ``F.linear(x, w)`` here is a bf16-autocast product on a CPU that computes those
+    faster through the float32 GEMM."""
+    return (
+        x.device.type == "cpu"
+        and torch.is_autocast_enabled("cpu")
+        and torch.get_autocast_dtype("cpu") == torch.bfloat16
+        and float32_faster()
+    )
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``F.linear(x, weight)``, the same numbers as bf16 autocast gives (operands rounded to
+    bf16, float32 sums, a bf16 result, gradients rounded to bf16 then to their inputs' dtypes);
+    through the float32 GEMM where that is faster."""
+    if not _rerouted(x):
+        return F.linear(x, weight)
+    out: torch.Tensor = _Float32Linear.apply(x, weight)  # type: ignore[no-untyped-call]
+    return out
+
+
+class _Float32Linear(torch.autograd.Function):
+    """bf16 ``F.linear`` by the float32 GEMM. Keeps the bf16 operands for backward (as autocast
+    does), widening them again there."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        with torch.autocast("cpu", enabled=False):
+            x16, w16 = x.to(torch.bfloat16), weight.to(torch.bfloat16)
+            ctx.save_for_backward(x16, w16)
+            ctx.dtypes = (x.dtype, weight.dtype)
+            return F.linear(x16.float(), w16.float()).to(torch.bfloat16)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        x16, w16 = ctx.saved_tensors
+        x_dtype, w_dtype = ctx.dtypes
+        with torch.autocast("cpu", enabled=False):
+            g = grad.to(torch.bfloat16).float()  # what the bf16 product's backward receives
+            grad_x = grad_w = None
+            if ctx.needs_input_grad[0]:
+                grad_x = (g @ w16.float()).to(torch.bfloat16).to(x_dtype)
+            if ctx.needs_input_grad[1]:
+                rows = g.reshape(-1, g.shape[-1])  # (N, out)
+                inputs = x16.reshape(-1, x16.shape[-1]).float()  # (N, in)
+                grad_w = (rows.T @ inputs).to(torch.bfloat16).to(w_dtype)
+        return grad_x, grad_w
+
+
+def product_dtype(compute_dtype: torch.dtype, device: torch.device) -> torch.dtype:
+    """The dtype to multiply ``compute_dtype`` operands in: float32 for bf16 on a CPU whose
+    float32 GEMM is the faster (the caller rounds results to ``compute_dtype``), else
+    ``compute_dtype`` itself."""
+    if compute_dtype == torch.bfloat16 and device.type == "cpu" and float32_faster():
+        return torch.float32
+    return compute_dtype

@@ -1,0 +1,167 @@
+"""bf16 products through the float32 GEMM: chosen by measured speed (or the environment), the
+same numbers as bf16 autocast's products, forward and backward, eager and compiled."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from model_runtime import bf16_products
+from model_runtime.config import PaLMConfig
+from model_runtime.palm import PaLM
+from model_runtime.training.step import CausalLMLoss, linear_cross_entropy_sum
+
+
+def _route(monkeypatch: pytest.MonkeyPatch, on: bool) -> None:
+    monkeypatch.setattr(bf16_products, "_decision", on)
+
+
+def _no_measuring() -> tuple[float, float]:
+    raise AssertionError("measured although the environment decided")
+
+
+@pytest.mark.parametrize(("mode", "expected"), [("native", False), ("float32", True)])
+def test_the_environment_decides_without_measuring(
+    mode: str, expected: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(bf16_products, "_decision", None)
+    monkeypatch.setattr(bf16_products, "product_rates", _no_measuring)
+    monkeypatch.setenv(bf16_products.ENV, mode.upper())
+    assert bf16_products.float32_faster() is expected
+
+
+def test_an_unknown_mode_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(bf16_products, "_decision", None)
+    monkeypatch.setenv(bf16_products.ENV, "fast")
+    with pytest.raises(ValueError, match=r"PALMLOOP_BF16_PRODUCTS='fast'.*auto, native, float32"):
+        bf16_products.float32_faster()
+
+
+@pytest.mark.parametrize(
+    ("rates", "expected"),
+    [((160.0, 310.0), True), ((430.0, 200.0), False), ((100.0, 110.0), False)],
+)
+def test_auto_takes_float32_only_when_clearly_faster(
+    rates: tuple[float, float], expected: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(bf16_products, "_decision", None)
+    monkeypatch.delenv(bf16_products.ENV, raising=False)
+    calls = []
+    monkeypatch.setattr(bf16_products, "product_rates", lambda: calls.append(1) or rates)
+    assert bf16_products.float32_faster() is expected
+    assert bf16_products.float32_faster() is expected
+    assert calls == [1]  # once per process
+
+
+def test_product_rates_measures_both_dtypes() -> None:
+    bf16, fp32 = bf16_products.product_rates(side=128, repeats=1)
+    assert bf16 > 0 and fp32 > 0
+
+
+def _operands(
+    shape: tuple[int, ...] = (3, 5, 32), out: int = 24
+) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(*shape, generator=generator, requires_grad=True)
+    weight = torch.randn(out, shape[-1], generator=generator, requires_grad=True)
+    return x, weight
+
+
+def _autocast_linear(on: bool, monkeypatch: pytest.MonkeyPatch) -> tuple[torch.Tensor, ...]:
+    _route(monkeypatch, on)
+    x, weight = _operands()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert bf16_products._rerouted(x) is on
+        out = bf16_products.linear(x, weight)
+    grad = torch.linspace(-1, 1, out.numel()).reshape(out.shape).bfloat16()
+    out.backward(grad)
+    assert x.grad is not None and weight.grad is not None
+    return out, x.grad, weight.grad
+
+
+def test_rerouted_linear_gives_autocasts_numbers(monkeypatch: pytest.MonkeyPatch) -> None:
+    native = _autocast_linear(False, monkeypatch)
+    wide = _autocast_linear(True, monkeypatch)
+    for a, b in zip(native, wide, strict=True):
+        assert a.dtype == b.dtype and a.shape == b.shape
+        torch.testing.assert_close(b, a, rtol=1.6e-2, atol=1e-2)  # bf16: 8 significant bits
+    out, grad_x, grad_w = wide
+    assert out.dtype == torch.bfloat16
+    assert grad_x.dtype == grad_w.dtype == torch.float32  # the inputs' dtypes, as autocast
+    # exactly the float32 product of the bf16-rounded operands, rounded once
+    x, weight = _operands()
+    exact = F.linear(x.detach().bfloat16().float(), weight.detach().bfloat16().float())
+    assert torch.equal(out, exact.bfloat16())
+    # gradients rounded to bf16, as a bf16 product's are
+    assert torch.equal(grad_w, grad_w.bfloat16().float())
+
+
+def test_without_autocast_linear_is_plain(monkeypatch: pytest.MonkeyPatch) -> None:
+    _route(monkeypatch, True)
+    x, weight = _operands()
+    assert torch.equal(bf16_products.linear(x, weight), F.linear(x, weight))
+
+
+def test_product_dtype(monkeypatch: pytest.MonkeyPatch) -> None:
+    cpu = torch.device("cpu")
+    _route(monkeypatch, True)
+    assert bf16_products.product_dtype(torch.bfloat16, cpu) == torch.float32
+    assert bf16_products.product_dtype(torch.float32, cpu) == torch.float32
+    _route(monkeypatch, False)
+    assert bf16_products.product_dtype(torch.bfloat16, cpu) == torch.bfloat16
+
+
+def _loss_and_grads(on: bool, monkeypatch: pytest.MonkeyPatch) -> tuple[torch.Tensor, ...]:
+    _route(monkeypatch, on)
+    generator = torch.Generator().manual_seed(2)
+    hidden = torch.randn(2, 300, 16, generator=generator, requires_grad=True)
+    weight = torch.randn(50, 16, generator=generator, requires_grad=True)
+    labels = torch.randint(0, 50, (2, 300), generator=generator)
+    labels[0, :7] = -100  # ignored positions
+    loss = linear_cross_entropy_sum(
+        hidden, weight, labels, compute_dtype=torch.bfloat16, chunk_rows=64
+    )
+    loss.backward()
+    assert hidden.grad is not None and weight.grad is not None
+    return loss.detach(), hidden.grad, weight.grad
+
+
+def test_the_chunked_loss_through_float32_matches_bf16(monkeypatch: pytest.MonkeyPatch) -> None:
+    native = _loss_and_grads(False, monkeypatch)
+    wide = _loss_and_grads(True, monkeypatch)
+    for a, b in zip(native, wide, strict=True):
+        assert a.dtype == b.dtype
+        torch.testing.assert_close(b, a, rtol=2e-2, atol=2e-2)
+
+
+def _model_grads(
+    model: PaLM, tokens: torch.Tensor, *, compiled: bool
+) -> tuple[float, dict[str, torch.Tensor]]:
+    torch._dynamo.reset()
+    module = CausalLMLoss(model, "bf16")
+    run = torch.compile(module) if compiled else module
+    model.zero_grad(set_to_none=True)
+    loss = run(tokens[:, :-1], tokens[:, 1:])
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    return loss.item(), grads
+
+
+def test_a_training_step_through_float32_matches_bf16_eager_and_compiled(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    torch.manual_seed(0)
+    config = PaLMConfig(vocab_size=128, dim=64, depth=2, heads=2, dim_head=32, max_seq_len=32)
+    model = PaLM(config).train()
+    tokens = torch.randint(0, 128, (2, 33))
+    _route(monkeypatch, False)
+    native_loss, native = _model_grads(model, tokens, compiled=False)
+    _route(monkeypatch, True)
+    for compiled in (False, True):
+        loss, grads = _model_grads(model, tokens, compiled=compiled)
+        assert loss == pytest.approx(native_loss, rel=1e-2)
+        assert grads.keys() == native.keys()
+        for name, grad in grads.items():
+            error = (grad - native[name]).norm() / native[name].norm()
+            assert error < 0.02, (compiled, name, float(error))

@@ -93,8 +93,8 @@ def forget_decision() -> None:
     _decision = None
 
 
-def _rerouted(x: torch.Tensor) -> bool:
-    """Whether ``F.linear(x, w)`` here is a bf16-autocast product on a CPU that computes those
+def rerouted(x: torch.Tensor) -> bool:
+    """Whether a product with ``x`` here is a bf16-autocast product on a CPU that computes those
     faster through the float32 GEMM."""
     return (
         x.device.type == "cpu"
@@ -108,7 +108,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """``F.linear(x, weight)``, the same numbers as bf16 autocast gives (operands rounded to
     bf16, float32 sums, a bf16 result, gradients rounded to bf16 then to their inputs' dtypes);
     through the float32 GEMM where that is faster."""
-    if not _rerouted(x):
+    if not rerouted(x):
         return F.linear(x, weight)
     out: torch.Tensor = _Float32Linear.apply(x, weight)  # type: ignore[no-untyped-call]
     return out

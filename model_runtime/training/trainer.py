@@ -44,6 +44,7 @@ from torch import nn
 from tqdm import tqdm
 
 from model_runtime.allocator import keep_freed_memory
+from model_runtime.bf16_products import float32_faster
 from model_runtime.checkpoints import load_checkpoint, save_checkpoint
 from model_runtime.palm import PaLM
 from model_runtime.tokenizer import ChatTokenizer
@@ -373,6 +374,9 @@ class Trainer:
             "stage": self.config.stage,
             "precision": self.parts.precision,
         }
+        if self.parts.precision == "bf16" and self.parts.context.device.type == "cpu":
+            # how this machine computed the bf16 products (bf16_products): same numbers, speed
+            metrics["bf16_products"] = "float32_gemm" if float32_faster() else "native"
         if self.last_eval is not None:
             metrics.update(
                 eval_loss=self.last_eval.loss,

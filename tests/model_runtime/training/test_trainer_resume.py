@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from model_runtime import bf16_products
 from model_runtime.checkpoints import load_checkpoint
 from model_runtime.training.cli import add_train_parser, main
 from model_runtime.training.config import TrainConfig
@@ -137,6 +138,11 @@ def test_evaluation_reports_loss_and_perplexity_over_the_held_out_targets(
     assert meta["metrics"]["eval_loss"] == pytest.approx(result.loss)
     # "auto" precision, resolved for this CPU, is recorded with the model
     assert meta["metrics"]["precision"] == resolve_precision("auto", torch.device("cpu"))
+    if meta["metrics"]["precision"] == "bf16":  # and how this CPU computed its products
+        expected = "float32_gemm" if bf16_products.float32_faster() else "native"
+        assert meta["metrics"]["bf16_products"] == expected
+    else:
+        assert "bf16_products" not in meta["metrics"]
 
 
 def test_command_line_trains_from_a_config_file(

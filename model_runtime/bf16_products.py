@@ -11,8 +11,9 @@ is faster depends on the CPU, and not only on whether it has bf16 instructions:
   bf16 autocast, 555 ms in float32.
 - Without AVX512-BF16, oneDNN emulates bf16: 44 against 107 GFLOP/s.
 
-:func:`float32_faster` times both once per process (a 1024^3 product each, ~50 ms) at the thread
-count of the moment; ``PALMLOOP_BF16_PRODUCTS=native`` or ``float32`` decides instead. Where the
+:func:`float32_faster` times both once per process (a 1024^3 product each, ~50-100 ms) at the
+thread count of the moment: the engine asks while it loads a bf16 policy, the trainer when it
+builds its bf16 loss; ``PALMLOOP_BF16_PRODUCTS=native`` or ``float32`` decides instead. Where the
 float32 GEMM wins, :func:`linear` computes a bf16-autocast ``F.linear`` with it (training keeps
 bf16's numbers and its half-size saved activations), the trainer's chunked loss does the same
 (:func:`product_dtype`), and inference's many-row products run against float32 copies of the
@@ -85,12 +86,6 @@ def product_rates(side: int = _SIDE, repeats: int = 3) -> tuple[float, float]:
                 best = min(best, time.perf_counter() - started)
             rates.append(flops / best / 1e9)
     return rates[0], rates[1]
-
-
-def forget_decision() -> None:
-    """Decide again at the next call (tests; after changing the environment variable)."""
-    global _decision
-    _decision = None
 
 
 def rerouted(x: torch.Tensor) -> bool:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from model_runtime.bf16_products import float32_faster
 from model_runtime.checkpoints import CheckpointError, load_checkpoint
 from model_runtime.engine.errors import SwapError
 from model_runtime.engine.request import ModelVersion
@@ -65,6 +66,9 @@ def load_version(
     if not isinstance(sha256, str):
         raise SwapError(f"{directory}: meta.json records no weights sha256")
     info = ModelVersion(name=directory.name, sha256=sha256, path=str(directory.resolve()))
+    weight = loaded.model.embed.weight
+    if weight.dtype == torch.bfloat16 and weight.device.type == "cpu":
+        float32_faster()  # timed here, while loading, rather than in the first answer's prefill
     return LoadedVersion(info=info, model=loaded.model.eval(), tokenizer=tokenizer)
 
 

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from model_runtime import bf16_products
+from model_runtime.engine.versions import load_version
 from model_runtime.training.step import linear_cross_entropy_sum
 
 
@@ -191,3 +192,16 @@ def test_a_training_step_through_float32_matches_bf16_eager_and_compiled() -> No
         assert len(run["errors"]) == 10  # every parameter has a gradient
         worst = max(run["errors"].items(), key=lambda item: item[1])
         assert worst[1] < 0.02, (compiled, worst)
+
+
+def test_loading_a_bf16_policy_decides_then(
+    tiny_policy_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Timed while the engine loads, not in the first answer's prefill."""
+    monkeypatch.setattr(bf16_products, "_decision", None)
+    monkeypatch.delenv(bf16_products.ENV, raising=False)
+    monkeypatch.setattr(bf16_products, "product_rates", lambda: (100.0, 300.0))
+    load_version(tiny_policy_dir, device="cpu", dtype=torch.float32)
+    assert bf16_products._decision is None  # float32 serving has nothing to decide
+    load_version(tiny_policy_dir, device="cpu", dtype=torch.bfloat16)
+    assert bf16_products._decision is True

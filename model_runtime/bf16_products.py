@@ -88,6 +88,13 @@ def product_rates(side: int = _SIDE, repeats: int = 3) -> tuple[float, float]:
     return rates[0], rates[1]
 
 
+def settle(choice: bool) -> None:
+    """Take ``choice`` as this process's decision: a distributed trainer's ranks take rank 0's,
+    so that each computes the same numbers (two measurements near the margin could differ)."""
+    global _decision
+    _decision = choice
+
+
 def rerouted(x: torch.Tensor) -> bool:
     """Whether a product with ``x`` here is a bf16-autocast product on a CPU that computes those
     faster through the float32 GEMM."""

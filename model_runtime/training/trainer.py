@@ -43,8 +43,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from model_runtime import bf16_products
 from model_runtime.allocator import keep_freed_memory
-from model_runtime.bf16_products import float32_faster
 from model_runtime.checkpoints import load_checkpoint, save_checkpoint
 from model_runtime.palm import PaLM
 from model_runtime.tokenizer import ChatTokenizer
@@ -56,6 +56,7 @@ from model_runtime.training.distributed import (
     DistributedContext,
     all_reduce_sum,
     barrier,
+    broadcast_flag,
     init_distributed,
     shutdown,
     wrap_model,
@@ -185,6 +186,9 @@ class Trainer:
             freeze_all_but_last_blocks(model, config.train_last_blocks)
         model.train()
         precision = resolve_precision(config.precision, context.device)
+        if precision == "bf16" and context.device.type == "cpu":
+            # every rank computes its bf16 products the way rank 0 measured to be faster
+            bf16_products.settle(broadcast_flag(bf16_products.float32_faster(), context))
         train_model = wrap_model(CausalLMLoss(model, precision), context)
         if config.compile:
             train_model = torch.compile(train_model)  # type: ignore[assignment]
@@ -376,7 +380,9 @@ class Trainer:
         }
         if self.parts.precision == "bf16" and self.parts.context.device.type == "cpu":
             # how this machine computed the bf16 products (bf16_products): same numbers, speed
-            metrics["bf16_products"] = "float32_gemm" if float32_faster() else "native"
+            metrics["bf16_products"] = (
+                "float32_gemm" if bf16_products.float32_faster() else "native"
+            )
         if self.last_eval is not None:
             metrics.update(
                 eval_loss=self.last_eval.loss,

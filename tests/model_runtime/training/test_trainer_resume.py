@@ -13,6 +13,7 @@ import torch
 
 from model_runtime import bf16_products
 from model_runtime.checkpoints import load_checkpoint
+from model_runtime.training import trainer as trainer_module
 from model_runtime.training.cli import add_train_parser, main
 from model_runtime.training.config import TrainConfig
 from model_runtime.training.state import read_metrics
@@ -166,3 +167,17 @@ def test_command_line_trains_from_a_config_file(
     add_train_parser(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["train", "--config", str(path)])
     assert args.func.__name__ == "run_train" and args.config == path
+
+
+def test_every_rank_computes_bf16_products_as_rank_0_chose(
+    make_train_config: Callable[..., TrainConfig], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The choice goes through the trainer's broadcast (rank 0's flag on every rank): here a
+    broadcast that answers the other way, as a rank 0 that measured differently would."""
+    monkeypatch.setattr(bf16_products, "_decision", None)
+    monkeypatch.delenv(bf16_products.ENV, raising=False)
+    monkeypatch.setattr(bf16_products, "product_rates", lambda: (100.0, 300.0))  # float32 wins
+    monkeypatch.setattr(trainer_module, "broadcast_flag", lambda flag, context: not flag)
+    trainer = Trainer(make_train_config(max_steps=1, precision="bf16"))
+    trainer.setup()
+    assert bf16_products.float32_faster() is False  # rank 0's choice, not this process's

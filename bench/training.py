@@ -28,10 +28,11 @@ MFU = 6 * N * tokens/s / peak, with N the parameters that take part in matmuls (
 the tied-embedding models here; the attention-score FLOPs are not counted, as in the 6N rule)
 and peak the best rate at which this machine multiplies bf16 matrices (square 1024-3072
 products, at the same thread count, sampled in every timing round so that peak and contenders
-see the same machine load): oneDNN's bf16 kernels, or the float32 GEMM on the widened bf16
-operands where that is faster (palmloop's products then take that way:
-``model_runtime.bf16_products``; an Intel Xeon with AVX512-BF16 but no AMX ran oneDNN's bf16 at
-half the float32 GEMM's rate). The peers run torch's bf16 autocast as they come.
+see the same machine load): the higher of oneDNN's bf16 rate and the float32 GEMM's, which can
+multiply widened bf16 operands to the same numbers (an Intel Xeon with AVX512-BF16 but no AMX
+ran oneDNN's bf16 at half the float32 GEMM's rate). palmloop's products take the float32 way
+where its own measurement finds it 1.15x faster or more (``model_runtime.bf16_products``; the
+first line printed says which); the peers run torch's bf16 autocast as they come.
 
 Run from the repository root::
 

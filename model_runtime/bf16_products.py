@@ -11,9 +11,11 @@ is faster depends on the CPU, and not only on whether it has bf16 instructions:
   bf16 autocast, 555 ms in float32.
 - Without AVX512-BF16, oneDNN emulates bf16: 44 against 107 GFLOP/s.
 
-:func:`float32_faster` times both once per process (a 1024^3 product each, ~50-100 ms) at the
-thread count of the moment: the engine asks while it loads a bf16 policy, the trainer when it
-builds its bf16 loss; ``PALMLOOP_BF16_PRODUCTS=native`` or ``float32`` decides instead. Where the
+:func:`float32_faster` times both once per process (four 1024^3 products in each dtype:
+~0.1 s here, ~0.3 s where bf16 is emulated, more at one thread) at the thread count of the
+moment: the engine asks while it loads a bf16 policy, the trainer in its set-up (rank 0 alone,
+the other ranks take its choice); ``PALMLOOP_BF16_PRODUCTS=native`` or ``float32`` decides
+instead. Where the
 float32 GEMM wins, :func:`linear` computes a bf16-autocast ``F.linear`` with it (training keeps
 bf16's numbers and its half-size saved activations), the trainer's chunked loss does the same
 (:func:`product_dtype`), and inference's many-row products run against float32 copies of the
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from typing import Any
 
@@ -40,6 +43,7 @@ MARGIN = 1.15
 _SIDE = 1024
 
 _decision: bool | None = None
+_deciding = threading.Lock()
 
 
 def float32_faster() -> bool:
@@ -52,6 +56,12 @@ def float32_faster() -> bool:
 
 @torch.compiler.disable  # type: ignore[untyped-decorator]
 def _decide() -> None:
+    with _deciding:  # two threads asking first: one measures, alone
+        if _decision is None:
+            _measure_or_read_environment()
+
+
+def _measure_or_read_environment() -> None:
     global _decision
     mode = os.environ.get(ENV, "auto").strip().lower() or "auto"
     if mode not in MODES:
@@ -97,7 +107,9 @@ def settle(choice: bool) -> None:
 
 def rerouted(x: torch.Tensor) -> bool:
     """Whether a product with ``x`` here is a bf16-autocast product on a CPU that computes those
-    faster through the float32 GEMM."""
+    faster through the float32 GEMM. Whatever its number of rows: autocast runs the trainer's
+    products, thousands of rows each (inference's few-row products, which stay bf16, go through
+    :mod:`packed_linear` without autocast)."""
     return (
         x.device.type == "cpu"
         and torch.is_autocast_enabled("cpu")

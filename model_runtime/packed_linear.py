@@ -139,7 +139,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
             return F.linear(x.float(), wide).to(x.dtype)
     packed = _copy_for((x,), (weight,), _SINGLE, _onednn_copy)
     if packed is None:
-        return F.linear(x, weight)
+        return bf16_products.linear(x, weight)
     return _product(x, packed)
 
 

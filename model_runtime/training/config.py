@@ -70,7 +70,7 @@ class TrainConfig:
     eps: float = 1e-8
     grad_clip: float | None = 1.0  # max global L2 norm of the gradient; None = no clipping
     # bf16 = torch.autocast (weights and optimizer stay fp32); auto = bf16 where the device
-    # computes it natively, else fp32 (training.step.resolve_precision)
+    # computes it natively and faster than fp32, else fp32 (training.step.resolve_precision)
     precision: Precision = "auto"
     train_last_blocks: int | None = None  # train only the last N blocks; None = everything
     sft_packing: bool = True  # several conversations per row (EOS between) instead of one

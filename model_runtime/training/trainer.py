@@ -185,10 +185,12 @@ class Trainer:
         if config.train_last_blocks is not None:
             freeze_all_but_last_blocks(model, config.train_last_blocks)
         model.train()
+        if context.device.type == "cpu" and config.precision != "fp32":
+            # how bf16 products are computed (and so what "auto" means): rank 0 measures alone,
+            # every rank takes its choice, so that all compute the same numbers
+            measured = bf16_products.float32_faster() if context.is_main else False
+            bf16_products.settle(broadcast_flag(measured, context))
         precision = resolve_precision(config.precision, context.device)
-        if precision == "bf16" and context.device.type == "cpu":
-            # every rank computes its bf16 products the way rank 0 measured to be faster
-            bf16_products.settle(broadcast_flag(bf16_products.float32_faster(), context))
         train_model = wrap_model(CausalLMLoss(model, precision), context)
         if config.compile:
             train_model = torch.compile(train_model)  # type: ignore[assignment]

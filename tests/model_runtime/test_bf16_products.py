@@ -7,14 +7,31 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from model_runtime import bf16_products
 from model_runtime.engine.versions import load_version
 from model_runtime.training.step import linear_cross_entropy_sum
+
+
+class _ProductDtypes(TorchDispatchMode):
+    """Records the dtype of every matrix product that runs (forward and backward)."""
+
+    PRODUCTS = ("mm", "addmm", "bmm", "baddbmm", "matmul", "linear")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: set[torch.dtype] = set()
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        if func.overloadpacket.__name__ in self.PRODUCTS:
+            self.seen.add(args[0].dtype)
+        return func(*args, **(kwargs or {}))
 
 
 def _route(monkeypatch: pytest.MonkeyPatch, on: bool) -> None:
@@ -58,9 +75,18 @@ def test_auto_takes_float32_only_when_clearly_faster(
     assert calls == [1]  # once per process
 
 
-def test_product_rates_measures_both_dtypes() -> None:
-    bf16, fp32 = bf16_products.product_rates(side=128, repeats=1)
+def test_product_rates_measures_bf16_then_float32(monkeypatch: pytest.MonkeyPatch) -> None:
+    timed: list[torch.dtype] = []
+    product = torch.mm
+
+    def recorded(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        timed.append(a.dtype)
+        return product(a, b)
+
+    monkeypatch.setattr(torch, "mm", recorded)
+    bf16, fp32 = bf16_products.product_rates(side=128, repeats=2)
     assert bf16 > 0 and fp32 > 0
+    assert timed == [torch.bfloat16] * 3 + [torch.float32] * 3  # warm-up, then the repeats
 
 
 def _operands(
@@ -75,11 +101,14 @@ def _operands(
 def _autocast_linear(on: bool, monkeypatch: pytest.MonkeyPatch) -> tuple[torch.Tensor, ...]:
     _route(monkeypatch, on)
     x, weight = _operands()
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert bf16_products.rerouted(x) is on
-        out = bf16_products.linear(x, weight)
-    grad = torch.linspace(-1, 1, out.numel()).reshape(out.shape).bfloat16()
-    out.backward(grad)
+    with _ProductDtypes() as products:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert bf16_products.rerouted(x) is on
+            out = bf16_products.linear(x, weight)
+        grad = torch.linspace(-1, 1, out.numel()).reshape(out.shape).bfloat16()
+        out.backward(grad)
+    # every product, forward and backward, in float32 through the route, in bf16 without
+    assert products.seen == ({torch.float32} if on else {torch.bfloat16})
     assert x.grad is not None and weight.grad is not None
     return out, x.grad, weight.grad
 
@@ -123,10 +152,12 @@ def _loss_and_grads(on: bool, monkeypatch: pytest.MonkeyPatch) -> tuple[torch.Te
     weight = torch.randn(50, 16, generator=generator, requires_grad=True)
     labels = torch.randint(0, 50, (2, 300), generator=generator)
     labels[0, :7] = -100  # ignored positions
-    loss = linear_cross_entropy_sum(
-        hidden, weight, labels, compute_dtype=torch.bfloat16, chunk_rows=64
-    )
-    loss.backward()
+    with _ProductDtypes() as products:
+        loss = linear_cross_entropy_sum(
+            hidden, weight, labels, compute_dtype=torch.bfloat16, chunk_rows=64
+        )
+        loss.backward()
+    assert products.seen == ({torch.float32} if on else {torch.bfloat16})
     assert hidden.grad is not None and weight.grad is not None
     return loss.detach(), hidden.grad, weight.grad
 
@@ -163,6 +194,7 @@ model = PaLM(config).train()
 tokens = torch.randint(0, 128, (2, 33))
 bf16_products._decision = False
 native_loss, native = grads(model, tokens, compiled=False)
+_, compiled_native = grads(model, tokens, compiled=True)
 out = {"native_loss": native_loss}
 bf16_products._decision = True
 for compiled in (False, True):
@@ -172,6 +204,8 @@ for compiled in (False, True):
         "loss": loss,
         "errors": {n: float((g - native[n]).norm() / native[n].norm()) for n, g in got.items()},
     }
+# a compiled graph that ignored the route would give the compiled native bits exactly
+out["compiled_route_differs"] = any(not torch.equal(got[n], compiled_native[n]) for n in got)
 print(json.dumps(out))
 """
 
@@ -192,6 +226,7 @@ def test_a_training_step_through_float32_matches_bf16_eager_and_compiled() -> No
         assert len(run["errors"]) == 10  # every parameter has a gradient
         worst = max(run["errors"].items(), key=lambda item: item[1])
         assert worst[1] < 0.02, (compiled, worst)
+    assert figures["compiled_route_differs"]
 
 
 def test_loading_a_bf16_policy_decides_then(

@@ -59,13 +59,17 @@ def test_freezing_leaves_only_the_last_blocks_in_the_optimizer(
         freeze_all_but_last_blocks(model, 4)
 
 
-@pytest.mark.parametrize("native", [True, False])
-def test_auto_precision_is_bf16_only_where_the_cpu_computes_it(
-    native: bool, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("native", "float32_faster", "auto"),
+    [(True, False, "bf16"), (True, True, "fp32"), (False, True, "fp32"), (False, False, "fp32")],
+)
+def test_auto_precision_is_bf16_only_where_the_cpu_computes_it_faster(
+    native: bool, float32_faster: bool, auto: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(step, "native_bf16_cpu", lambda: native)
+    monkeypatch.setattr(step, "float32_faster", lambda: float32_faster)
     cpu = torch.device("cpu")
-    assert resolve_precision("auto", cpu) == ("bf16" if native else "fp32")
+    assert resolve_precision("auto", cpu) == auto
     assert resolve_precision("bf16", cpu) == "bf16"  # asked for: as given, native or not
     assert resolve_precision("fp32", cpu) == "fp32"
 

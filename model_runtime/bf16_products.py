@@ -124,13 +124,20 @@ def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     through the float32 GEMM where that is faster."""
     if not rerouted(x):
         return F.linear(x, weight)
+    if torch.compiler.is_compiling():
+        # the same as plain operations, whose backward autograd derives: a traced custom
+        # autograd function keeps tensors alive after the compiled graph is dropped (torch
+        # 2.13), and the compiler chooses itself what to keep for backward
+        with torch.autocast("cpu", enabled=False):
+            wide = F.linear(x.to(torch.bfloat16).float(), weight.to(torch.bfloat16).float())
+            return wide.to(torch.bfloat16)
     out: torch.Tensor = _Float32Linear.apply(x, weight)  # type: ignore[no-untyped-call]
     return out
 
 
 class _Float32Linear(torch.autograd.Function):
-    """bf16 ``F.linear`` by the float32 GEMM. Keeps the bf16 operands for backward (as autocast
-    does), widening them again there."""
+    """bf16 ``F.linear`` by the float32 GEMM, eagerly. Keeps the bf16 operands for backward (as
+    autocast does), widening them again there."""
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:

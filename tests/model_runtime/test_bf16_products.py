@@ -170,9 +170,8 @@ def test_the_chunked_loss_through_float32_matches_bf16(monkeypatch: pytest.Monke
         torch.testing.assert_close(b, a, rtol=2e-2, atol=2e-2)
 
 
-# A compiled graph that traced the custom autograd function keeps tensors alive after
-# ``torch._dynamo.reset()`` (torch 2.13), which later tests that count live tensors would see:
-# the compiled step runs in a process of its own.
+# The compiled step runs in a process of its own: compiled graphs keep state alive after
+# ``torch._dynamo.reset()`` (torch 2.13), which later tests that count live tensors would see.
 _COMPILED_STEP = """
 import json, torch
 from model_runtime import bf16_products

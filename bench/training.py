@@ -60,7 +60,7 @@ from _peers import hf_gpt_neox
 from torch import nn
 
 from model_runtime.allocator import keep_freed_memory
-from model_runtime.bf16_products import float32_faster
+from model_runtime.bf16_products import chosen_way, float32_faster
 from model_runtime.config import PaLMConfig
 from model_runtime.palm import PaLM
 from model_runtime.training.step import CausalLMLoss, build_adamw
@@ -386,7 +386,7 @@ def main() -> None:
         "bf16_matmul_gflops": peak.bf16,
         "fp32_matmul_gflops": peak.fp32,
         "peak_gflops": peak.peak,
-        "ours_bf16_products": "float32_gemm" if float32_faster() else "native",
+        "ours_bf16_products": chosen_way(),
         "sizes": {
             name: summarise(name, results, peak.peak) for name, results in all_results.items()
         },

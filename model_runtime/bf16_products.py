@@ -98,6 +98,11 @@ def product_rates(side: int = _SIDE, repeats: int = 3) -> tuple[float, float]:
     return rates[0], rates[1]
 
 
+def chosen_way() -> str:
+    """The choice as recorded with a run: ``"float32_gemm"`` or ``"native"``."""
+    return "float32_gemm" if float32_faster() else "native"
+
+
 def settle(choice: bool) -> None:
     """Take ``choice`` as this process's decision: a distributed trainer's ranks take rank 0's,
     so that each computes the same numbers (two measurements near the margin could differ)."""

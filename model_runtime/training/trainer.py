@@ -382,9 +382,7 @@ class Trainer:
         }
         if self.parts.precision == "bf16" and self.parts.context.device.type == "cpu":
             # how this machine computed the bf16 products (bf16_products): same numbers, speed
-            metrics["bf16_products"] = (
-                "float32_gemm" if bf16_products.float32_faster() else "native"
-            )
+            metrics["bf16_products"] = bf16_products.chosen_way()
         if self.last_eval is not None:
             metrics.update(
                 eval_loss=self.last_eval.loss,

@@ -26,6 +26,11 @@ class ChatInputError(ValueError):
     """A request the user can fix: the message says what to change."""
 
 
+class AnswerStillOpen(ChatInputError):
+    """Refused because an answer of the conversation is still being written (another tab's,
+    say): the reason is moot once that answer ends, and the page takes it away then."""
+
+
 def validate_user_text(text: str, *, limits: ChatLimits) -> str:
     if "\x00" in text:
         raise ChatInputError("The message contains a NUL byte; remove it and send again.")
@@ -125,7 +130,7 @@ def open_answers_of(conversation: Conversation) -> QuerySet[Message]:
 
 def _refuse_if_answering(conversation: Conversation) -> None:
     if open_answers_of(conversation).exists():
-        raise ChatInputError("An answer is still being written: wait for it or stop it.")
+        raise AnswerStillOpen("An answer is still being written: wait for it or stop it.")
 
 
 def _new_answer(conversation: Conversation, parent: Message) -> Message:

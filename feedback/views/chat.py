@@ -32,6 +32,7 @@ from feedback.models import ChatLimits, Conversation, Message, MessageRole, Pers
 from feedback.roles import Role, role_required
 from feedback.services.answer_runs import start_answer_soon, stop_answers
 from feedback.services.chat import (
+    AnswerStillOpen,
     ChatInputError,
     conversations_of,
     do_delete_conversation,
@@ -69,14 +70,19 @@ def _thread_context(
     error: str = "",
     limits: ChatLimits | None = None,
     written: dict[int, str] | None = None,
+    *,
+    until_answered: bool = False,
 ) -> dict[str, object]:
-    """``written``: open answers' text as their runs hold it, ahead of what was saved."""
+    """``written``: open answers' text as their runs hold it, ahead of what was saved.
+    ``until_answered``: the ``error`` holds only while an answer is written (chat.js takes it
+    away when the answer ends)."""
     shown = thread_entries(conversation)
     _show_written([message for message, _ in shown], written or {})
     return {
         "conversation": conversation,
         "entries": [{"message": m, "siblings": s} for m, s in shown],
         "error": error,
+        "error_until_answered": until_answered,
         "limits": limits or ChatLimits.current(),
     }
 
@@ -97,14 +103,17 @@ def _thread(
     *,
     retitled: bool = False,
     written: dict[int, str] | None = None,
+    until_answered: bool = False,
 ) -> HttpResponse:
     """The message thread alone for htmx, or the whole page otherwise. ``retitled``: the
     title goes along out of band (a first message names the conversation). Only then: htmx
     looks for an out-of-band target from the element that sent the request, and a button on
     an answer that finished meanwhile has been replaced, so the title would not be found.
-    ``written``: see ``_thread_context``."""
+    ``written``, ``until_answered``: see ``_thread_context``."""
     if request.htmx:
-        context = _thread_context(conversation, error, limits, written)
+        context = _thread_context(
+            conversation, error, limits, written, until_answered=until_answered
+        )
         response: str = render_to_string("feedback/chat.html#thread", context, request)
         if retitled:
             response += _new_title(request, conversation)
@@ -242,7 +251,13 @@ def _answer_anew(
     try:
         answer = create(limits)
     except ChatInputError as exc:
-        return _thread(request, conversation, str(exc), limits)
+        return _thread(
+            request,
+            conversation,
+            str(exc),
+            limits,
+            until_answered=isinstance(exc, AnswerStillOpen),
+        )
     run = start_answer_soon(answer.pk, get_inference_client)
     written: dict[int, str] = {}
     if run is not None and request.htmx:
@@ -318,7 +333,12 @@ def show(request: HtmxHttpRequest, conversation_id: int, message_id: int) -> Htt
     try:
         conversation = do_show_message(message=message)
     except ChatInputError as exc:
-        return _thread(request, message.conversation, str(exc))
+        return _thread(
+            request,
+            message.conversation,
+            str(exc),
+            until_answered=isinstance(exc, AnswerStillOpen),
+        )
     return _thread(request, conversation)
 
 

@@ -208,3 +208,32 @@ def test_a_send_appends_its_turn_and_leaves_the_page_above_as_it_was(page: Page)
     expect(page.locator("article.msg.assistant").last).to_have_class(
         re.compile(r"\bstatus-complete\b"), timeout=30_000
     )
+
+
+def test_a_send_refused_while_another_tab_answers_says_why_until_that_answer_ends(
+    page: Page,
+) -> None:
+    start_chatting(page, "judy", max_new_tokens=4000, default_new_tokens=4000)
+    other = page.context.new_page()  # the same conversation in a second tab
+    other.goto(page.url)
+    box = page.get_by_label("Message", exact=True)
+    box.fill("A long one, please.")
+    box.press("Enter")
+    expect(page.get_by_role("button", name="Stop")).to_be_visible()
+    # The second tab's page was loaded before: it sends, and is refused with the reason, the
+    # answer being written (which it now follows) and its draft kept.
+    other_box = other.get_by_label("Message", exact=True)
+    other_box.fill("Me too.")
+    other_box.press("Enter")
+    expect(other.locator("#thread .error")).to_have_text(
+        "An answer is still being written: wait for it or stop it."
+    )
+    expect(other.locator("article.msg.assistant[sse-connect]")).to_have_count(1)
+    expect(other_box).to_have_value("Me too.")
+    # The first tab stops the answer: in the second, the answer ends and the reason goes.
+    page.get_by_role("button", name="Stop").click()
+    expect(other.locator("article.msg.assistant .state")).to_have_text("Stopped.")
+    expect(other.locator("#thread .error")).to_have_count(0)
+    other_box.press("Enter")  # and now the draft goes
+    expect(other.locator("#thread > article.msg.user .body").last).to_have_text("Me too.")
+    expect(other_box).to_have_value("")

@@ -187,6 +187,21 @@ def test_sending_is_rate_limited(client: Client, conversation: Conversation) -> 
     assert response.status_code == 422 and "too fast" in html
     # below the thread, where the page scrolls after a swap (the composer's end)
     assert html.index('role="alert"') > html.rindex("</article>")
+    assert "data-until-answered" not in html  # still true once an answer ends
+
+
+def test_a_send_refused_while_an_answer_is_written_says_so_until_it_ends(
+    client: Client, conversation: Conversation
+) -> None:
+    """Another tab's answer is being written: the refusal comes with the thread, whose open
+    answer the page then follows, and is marked to go when that answer ends (chat.js)."""
+    turn = do_send_message(conversation=conversation, text="first")
+    response = client.post(reverse("chat_send", args=[conversation.pk]), {"text": "second"}, **HTMX)
+    html = response.content.decode()
+    assert response.status_code == 422
+    assert '<p class="error" role="alert" data-until-answered>An answer is still' in html
+    assert f'sse-connect="{reverse("chat_stream", args=[conversation.pk, turn.answer.pk])}' in html
+    assert not Message.objects.filter(content="second").exists()
 
 
 def test_regenerate_and_switch_siblings(client: Client, conversation: Conversation) -> None:

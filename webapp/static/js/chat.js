@@ -56,6 +56,17 @@
       document.querySelectorAll("#thread > p.error").forEach(function (old) { old.remove(); });
     }
   });
+  // A send refused because an answer was being written (another tab's, say) says so until that
+  // answer ends: its stream's last swap puts the finished article in, and the reason goes.
+  // (htmx:load: afterSwap still sees the old article there.)
+  document.addEventListener("htmx:load", function (event) {
+    var added = event.target;
+    if (!(added instanceof Element) || !added.matches("#thread > article.msg")) return;
+    if (document.querySelector("#thread .msg.status-pending, #thread .msg.status-streaming")) return;
+    document.querySelectorAll("#thread > p.error[data-until-answered]").forEach(function (moot) {
+      moot.remove();
+    });
+  });
   document.addEventListener("htmx:sseMessage", scrollToEnd);
   document.addEventListener("htmx:afterSwap", scrollToEnd);
   document.addEventListener("DOMContentLoaded", scrollToEnd);

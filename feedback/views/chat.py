@@ -128,6 +128,18 @@ def _thread(
     return redirect("chat", conversation_id=conversation.pk)
 
 
+def _refused(
+    request: HtmxHttpRequest,
+    conversation: Conversation,
+    exc: ChatInputError,
+    limits: ChatLimits | None = None,
+) -> HttpResponse:
+    """The thread with the reason ``exc`` gives; a refusal while an answer is written lasts
+    only until that answer ends."""
+    until_answered = isinstance(exc, AnswerStillOpen)
+    return _thread(request, conversation, str(exc), limits, until_answered=until_answered)
+
+
 @dataclass(frozen=True)
 class _ThreadEnd:
     """What changed at the end of the thread a page shows, to send back instead of the whole
@@ -251,13 +263,7 @@ def _answer_anew(
     try:
         answer = create(limits)
     except ChatInputError as exc:
-        return _thread(
-            request,
-            conversation,
-            str(exc),
-            limits,
-            until_answered=isinstance(exc, AnswerStillOpen),
-        )
+        return _refused(request, conversation, exc, limits)
     run = start_answer_soon(answer.pk, get_inference_client)
     written: dict[int, str] = {}
     if run is not None and request.htmx:
@@ -333,12 +339,7 @@ def show(request: HtmxHttpRequest, conversation_id: int, message_id: int) -> Htt
     try:
         conversation = do_show_message(message=message)
     except ChatInputError as exc:
-        return _thread(
-            request,
-            message.conversation,
-            str(exc),
-            until_answered=isinstance(exc, AnswerStillOpen),
-        )
+        return _refused(request, message.conversation, exc)
     return _thread(request, conversation)
 
 

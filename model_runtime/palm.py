@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model_runtime import bf16_pointwise, bf16_prefill_attention, packed_linear
+from model_runtime import bf16_pointwise, bf16_prefill_attention, bf16_products, packed_linear
 from model_runtime.config import PaLMConfig
 from model_runtime.kv_cache import KVCache
 from model_runtime.rotary import RotaryTables
@@ -226,12 +226,14 @@ def _attention_by_products(
     SDPA on CPU cannot skip what a mask hides, and its fused kernel ran at ~200 GFLOP/s here
     (bf16, 2 threads, head dim 64) against ~970 for a large bf16 product. Scores are one
     ``baddbmm`` (scale * q k^T + mask) in the inputs' dtype (bf16 under autocast, as eager
-    attention computes them), then softmax in that dtype, which computes in float32 inside and
-    rounds once, forward and backward. Measured forward and backward, against one SDPA call:
-    8 x 256 tokens with 4, 8 and 12 heads 8.8 -> 3.8, 17.2 -> 7.6 and 25.1 -> 10.7 ms; 4 x 512
-    with 8 heads 31.2 -> 13.2 ms. Against a softmax taken in float32 and narrowed (2026-11-27,
-    Zen 4): the same forward bits, forward and backward 20% faster (8 x 256 tokens, 8 heads,
-    18.9 -> 15.2 ms), gradients as close to float64's (relative error 0.0052 vs 0.0050).
+    attention computes them; both products through the float32 GEMM where
+    :func:`bf16_products.float32_faster`), then softmax in that dtype, which computes in
+    float32 inside and rounds once, forward and backward. Measured forward and backward,
+    against one SDPA call: 8 x 256 tokens with 4, 8 and 12 heads 8.8 -> 3.8, 17.2 -> 7.6 and
+    25.1 -> 10.7 ms; 4 x 512 with 8 heads 31.2 -> 13.2 ms. Against a softmax taken in float32
+    and narrowed (2026-11-27, Zen 4): the same forward bits, forward and backward 20% faster
+    (8 x 256 tokens, 8 heads, 18.9 -> 15.2 ms), gradients as close to float64's (relative error
+    0.0052 vs 0.0050).
     Forward alone, a prefill of 256 tokens with 12 heads: SDPA 1.8 ms, products 1.40, with
     ``baddbmm`` and one softmax pass 1.03, in chunks of 128 tokens 0.91. The price is memory
     while training: each chunk's probabilities are kept for the backward pass (2 bytes per
@@ -253,11 +255,11 @@ def _attention_by_products(
         seen = held + stop  # keys this chunk may see
         rows = slice(start * heads, stop * heads)
         # scale * q k^T + mask in one product, rounded once to the inputs' dtype
-        scores = torch.baddbmm(
+        scores = bf16_products.baddbmm(
             masks[:, rows, :seen], folded[:, rows], keys_t[:, :, :seen], alpha=scale
         )  # (B, r, seen)
         probs = torch.softmax(scores, dim=-1)  # float32 inside, rounded once
-        chunk = torch.bmm(probs, v[:, :seen])  # (B, r, dh)
+        chunk = bf16_products.bmm(probs, v[:, :seen])  # (B, r, dh)
         if out is None:
             outs.append(chunk)
         else:

@@ -14,9 +14,11 @@ import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from model_runtime import bf16_products
+from model_runtime import bf16_products, palm
+from model_runtime.config import PaLMConfig
 from model_runtime.engine.versions import load_version
-from model_runtime.training.step import linear_cross_entropy_sum
+from model_runtime.palm import PaLM
+from model_runtime.training.step import CausalLMLoss, linear_cross_entropy_sum
 
 
 class _ProductDtypes(TorchDispatchMode):
@@ -170,11 +172,82 @@ def test_the_chunked_loss_through_float32_matches_bf16(monkeypatch: pytest.Monke
         torch.testing.assert_close(b, a, rtol=2e-2, atol=2e-2)
 
 
+def _batched_operands(addend: bool) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
+    """Attention's shapes in small: bf16 queries (B, r, dh), keys^T (B, dh, S), a causal mask
+    (1, r, S) shared by the batch."""
+    generator = torch.Generator().manual_seed(3)
+    a = torch.randn(2, 12, 16, generator=generator).bfloat16().requires_grad_()
+    b = torch.randn(2, 16, 12, generator=generator).bfloat16().requires_grad_()
+    mask = torch.full((12, 12), float("-inf")).triu(1).bfloat16().unsqueeze(0)
+    return (mask if addend else None), a, b
+
+
+def _batched(on: bool, addend: bool, monkeypatch: pytest.MonkeyPatch) -> tuple[torch.Tensor, ...]:
+    _route(monkeypatch, on)
+    mask, a, b = _batched_operands(addend)
+    with _ProductDtypes() as products:
+        out = bf16_products.baddbmm(mask, a, b, alpha=0.25) if addend else bf16_products.bmm(a, b)
+        weights = torch.linspace(-1, 1, out.numel()).reshape(out.shape).bfloat16()
+        out.masked_fill(out.isinf(), 0).mul(weights).sum().backward()
+    assert products.seen == ({torch.float32} if on else {torch.bfloat16})
+    assert a.grad is not None and b.grad is not None
+    return out.detach(), a.grad, b.grad
+
+
+@pytest.mark.parametrize("addend", [True, False], ids=["baddbmm", "bmm"])
+def test_rerouted_batched_products_give_bf16s_numbers(
+    addend: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    native = _batched(False, addend, monkeypatch)
+    wide = _batched(True, addend, monkeypatch)
+    for x, y in zip(native, wide, strict=True):
+        assert x.dtype == y.dtype == torch.bfloat16 and x.shape == y.shape
+        torch.testing.assert_close(y, x, rtol=1.6e-2, atol=1e-2)
+    # exactly the float32 product of the operands, scaled, masked and rounded once
+    mask, a, b = _batched_operands(addend)
+    if addend:
+        exact = torch.baddbmm(mask.float(), a.float(), b.float(), alpha=0.25)
+    else:
+        exact = torch.bmm(a.float(), b.float())
+    assert torch.equal(wide[0], exact.bfloat16())
+
+
+def test_batched_products_of_float32_or_without_the_route_are_plain(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _route(monkeypatch, True)
+    mask, a, b = _batched_operands(True)
+    wide = (mask.float(), a.detach().float(), b.detach().float())  # type: ignore[union-attr]
+    with _ProductDtypes() as products:
+        out = bf16_products.baddbmm(*wide, alpha=0.5)
+    assert products.seen == {torch.float32}
+    assert torch.equal(out, torch.baddbmm(*wide, alpha=0.5))
+    _route(monkeypatch, False)
+    assert torch.equal(bf16_products.bmm(a.detach(), b.detach()), torch.bmm(a.detach(), b.detach()))
+
+
+def test_a_training_step_runs_every_product_through_float32_attentions_too(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Attention by batched products (enough query rows) takes the route like the linears."""
+    torch.manual_seed(0)
+    config = PaLMConfig(vocab_size=64, dim=32, depth=1, heads=2, dim_head=16, max_seq_len=128)
+    model = PaLM(config).train()
+    tokens = torch.randint(0, 64, (4, 129))
+    assert palm.PRODUCTS_ATTENTION_FROM_ROWS <= 4 * 128 * 2
+    for on in (False, True):
+        _route(monkeypatch, on)
+        with _ProductDtypes() as products:
+            CausalLMLoss(model, "bf16")(tokens[:, :-1], tokens[:, 1:]).backward()
+        assert products.seen == ({torch.float32} if on else {torch.bfloat16})
+
+
 # The compiled step runs in a process of its own: compiled graphs keep state alive after
 # ``torch._dynamo.reset()`` (torch 2.13), which later tests that count live tensors would see.
 _COMPILED_STEP = """
 import json, torch
-from model_runtime import bf16_products
+from model_runtime import bf16_products, palm
+from model_runtime.config import PaLMConfig
 from model_runtime.config import PaLMConfig
 from model_runtime.palm import PaLM
 from model_runtime.training.step import CausalLMLoss
@@ -188,9 +261,10 @@ def grads(model, tokens, compiled):
     return loss.item(), {n: p.grad.clone() for n, p in model.named_parameters()}
 
 torch.manual_seed(0)
-config = PaLMConfig(vocab_size=128, dim=64, depth=2, heads=2, dim_head=32, max_seq_len=32)
+config = PaLMConfig(vocab_size=128, dim=64, depth=2, heads=2, dim_head=32, max_seq_len=128)
 model = PaLM(config).train()
-tokens = torch.randint(0, 128, (2, 33))
+# 4 x 128 tokens x 2 heads: attention by batched products (palm.PRODUCTS_ATTENTION_FROM_ROWS)
+tokens = torch.randint(0, 128, (4, 129))
 bf16_products._decision = False
 native_loss, native = grads(model, tokens, compiled=False)
 _, compiled_native = grads(model, tokens, compiled=True)

@@ -77,13 +77,21 @@ def expected_console_errors() -> list[str]:
 
 
 @pytest.fixture
-def page(live_url: str, expected_console_errors: list[str]) -> Iterator[object]:
+def browser_context_options() -> dict[str, object]:
+    """Playwright's options for the page's browser context (a test may parametrize a phone)."""
+    return {}
+
+
+@pytest.fixture
+def page(
+    live_url: str, expected_console_errors: list[str], browser_context_options: dict[str, object]
+) -> Iterator[object]:
     need_service("Debian chromium (/usr/bin/chromium)", Path(CHROMIUM).exists())
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        context = browser.new_context(base_url=live_url)
+        context = browser.new_context(base_url=live_url, **browser_context_options)
         page = context.new_page()
         errors: list[str] = []
         page.on("console", lambda m: errors.append(m.text) if is_page_error(m) else None)

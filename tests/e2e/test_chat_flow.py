@@ -237,3 +237,27 @@ def test_a_send_refused_while_another_tab_answers_says_why_until_that_answer_end
     other_box.press("Enter")  # and now the draft goes
     expect(other.locator("#thread > article.msg.user .body").last).to_have_text("Me too.")
     expect(other_box).to_have_value("")
+
+
+PHONE = {"viewport": {"width": 390, "height": 844}, "is_mobile": True, "has_touch": True}
+
+
+@pytest.mark.parametrize("browser_context_options", [PHONE], ids=["phone"])
+def test_on_a_phone_enter_starts_a_new_line_and_the_button_sends(page: Page) -> None:
+    """A soft keyboard has no Shift+Enter: on a touch screen Enter adds a line, Send sends."""
+    start_chatting(page, "tess", default_new_tokens=8)
+    box = page.get_by_label("Message", exact=True)
+    expect(box).to_have_attribute("placeholder", "Message (Send sends, Enter starts a new line)")
+    box.fill("First line")
+    box.press("Enter")
+    box.press_sequentially("second line")
+    expect(box).to_have_value("First line\nsecond line")
+    expect(page.locator("article.msg")).to_have_count(0)  # nothing was sent
+    page.get_by_role("button", name="Send").click()
+    expect(page.locator("article.msg.user .body")).to_have_text(
+        re.compile(r"First line\s+second line")
+    )
+    expect(page.locator("article.msg.assistant")).to_have_class(
+        re.compile(r"\bstatus-complete\b"), timeout=30_000
+    )
+    assert Message.objects.get(role="user").content == "First line\nsecond line"

@@ -2,9 +2,23 @@
 (function () {
   "use strict";
 
+  // A touch screen's keyboard has no Shift+Enter: there Enter starts a new line, as in the chat
+  // apps people use on phones, and the Send button sends (the composer's hint says so).
+  var touchFirst = window.matchMedia("(hover: none) and (pointer: coarse)").matches;
+
+  function fitHints(root) {
+    if (!touchFirst || !root.querySelectorAll) return;
+    root.querySelectorAll("textarea[data-touch-placeholder]").forEach(function (box) {
+      box.placeholder = box.getAttribute("data-touch-placeholder");
+    });
+  }
+  document.addEventListener("htmx:load", function (event) { fitHints(event.detail.elt); });
+  document.addEventListener("DOMContentLoaded", function () { fitHints(document); });
+
   document.addEventListener("keydown", function (event) {
     var box = event.target;
     if (!(box instanceof HTMLTextAreaElement) || !box.hasAttribute("data-submit-on-enter")) return;
+    if (touchFirst) return;
     if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
       event.preventDefault();
       // While an answer is written, Stop stands where Send was: Enter waits, keeping the draft.

@@ -177,7 +177,9 @@ def baddbmm(
     gradients rounded to bf16); through the float32 GEMM for bf16 operands on a CPU where that
     is faster. Attention's products: where oneDNN emulates bf16 (no AVX512-BF16) its batched
     products ran at ~55 GFLOP/s against ~300 for float32's (8 x 512 x 64 by 64 x 256, 2
-    threads), a sixth of a 10M PaLM's training step."""
+    threads), a fifth of a 10M PaLM's training step (149 of 786 ms). Eagerly the bf16
+    operands are kept for backward; a compiled graph may keep float32 copies (a 40M step's
+    peak memory 1,935 -> 2,064 MB)."""
     if not (a.dtype == b.dtype == torch.bfloat16 and a.device.type == "cpu" and float32_faster()):
         if addend is None:
             product = torch.bmm(a, b)

@@ -237,7 +237,8 @@ def _attention_by_products(
     Forward alone, a prefill of 256 tokens with 12 heads: SDPA 1.8 ms, products 1.40, with
     ``baddbmm`` and one softmax pass 1.03, in chunks of 128 tokens 0.91. The price is memory
     while training: each chunk's probabilities are kept for the backward pass (2 bytes per
-    score in bf16), B*T*H*(S+T)/2 scores or so per layer, where fused attention keeps none.
+    score in bf16; a compiled step through the float32 GEMM may keep them widened, 4 bytes),
+    B*T*H*(S+T)/2 scores or so per layer, where fused attention keeps none.
     """
     batch, new, heads, dim_head = q.shape
     held = k.shape[1] - new

@@ -29,6 +29,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from model_runtime.engine.engine import fastest_dtype  # noqa: E402
 from model_runtime.engine.passing_thread import run_in_passing_thread  # noqa: E402
 
 PROMPT = "Tell me about rivers and how they shape the land around them."
@@ -103,7 +104,8 @@ async def engine_alone(
     from model_runtime.tokenizer import ChatMessage
 
     engine = Engine.from_checkpoint(
-        policy, EngineConfig(max_batch_size=16, max_queued=64, dtype="bfloat16")
+        policy,
+        EngineConfig(max_batch_size=16, max_queued=64, dtype="auto"),  # as the web app
     )
     prompt = engine.tokenizer.encode_chat(
         [ChatMessage("user", PROMPT)], add_generation_prompt=True
@@ -305,7 +307,7 @@ def main() -> None:
     sessions = prepare_database(env, args.clients * args.rounds + 2, args.max_tokens)
     engine_server = None
     if args.remote_engine:
-        serve = ["-m", "model_runtime", "serve", "--model", str(policy), "--dtype", "bfloat16"]
+        serve = ["-m", "model_runtime", "serve", "--model", str(policy), "--dtype", "auto"]
         serve += ["--max-batch-size", "16", "--host", "127.0.0.1"]
         engine_server = start_server(env, args.port + 1, work / "engine.log", serve)
         env["INFERENCE_URL"] = f"http://127.0.0.1:{args.port + 1}"
@@ -354,6 +356,7 @@ def main() -> None:
                 "policy": str(policy),
                 "database": "postgres" if "DATABASE_URL" in os.environ else "sqlite",
                 "engine_process": "own" if args.remote_engine else "web",
+                "engine_dtype": str(fastest_dtype("cpu")).removeprefix("torch."),
                 "engine": engine_figures,
                 "stack": stack_figures,
                 "ttft_ratio_stack_over_engine": round(ratio, 2),

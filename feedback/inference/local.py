@@ -42,8 +42,8 @@ class LocalInferenceClient:
             max_batch_size=max_batch,
             max_queued=max_queue,
             device=device,
-            # bf16 matmuls are several times faster than fp32 on CPUs that have them.
-            dtype="bfloat16",
+            # bf16 where the hardware multiplies it (several times fp32's speed), else fp32
+            dtype="auto",
         )
         try:
             return cls(Engine.from_checkpoint(policy_dir, config))

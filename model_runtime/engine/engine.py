@@ -39,6 +39,7 @@ from typing import Literal
 
 import torch
 
+from model_runtime.cpu_features import native_bf16_cpu
 from model_runtime.engine.batch import DecodeBatch
 from model_runtime.engine.errors import (
     EngineClosedError,
@@ -67,6 +68,18 @@ MAX_TOP_LOGPROBS = 20
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
+def fastest_dtype(device: str) -> torch.dtype:
+    """The serving dtype ``"auto"`` picks: bf16 where ``device`` multiplies it in hardware (a
+    CUDA device that supports it; a CPU with AVX512-BF16 or AMX), float32 elsewhere. On a CPU
+    that only emulates bf16 (a 2-core Xeon without AVX512-BF16) the 20M base policy in float32
+    decoded 124 against 104 tokens/s alone and 596 against 484 for 8 streams, with 17% less
+    time to the first token for 8 streams and for a 323-token prompt (both engines in one
+    process, their rounds interleaved)."""
+    if torch.device(device).type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+    return torch.bfloat16 if native_bf16_cpu() else torch.float32
+
+
 @dataclass(frozen=True)
 class EngineConfig:
     """Engine limits and placement.
@@ -77,7 +90,8 @@ class EngineConfig:
     turn (at least one request is always admitted), which bounds the stall a burst of long
     prompts imposes on running streams. device/dtype: where and in what dtype checkpoints are
     loaded (None = as saved; bfloat16 is several times faster than float32 on CPUs with
-    bf16 matmul units; float16 is not offered: CPUs have no fast kernels for it).
+    bf16 matmul units, slower where bf16 is emulated; "auto" = :func:`fastest_dtype`; float16
+    is not offered: CPUs have no fast kernels for it).
     kv_headroom: free cache columns allocated at each re-layout. smoke_tokens: length of the
     verification generation of a new version.
     """
@@ -88,7 +102,7 @@ class EngineConfig:
     request_timeout_s: float = 300.0
     max_prefill_tokens: int = 4096
     device: str = "cpu"
-    dtype: Literal["float32", "bfloat16"] | None = None
+    dtype: Literal["float32", "bfloat16", "auto"] | None = None
     kv_headroom: int = 64
     smoke_tokens: int = 4
 
@@ -100,11 +114,15 @@ class EngineConfig:
             raise ValueError("EngineConfig.max_queued and kv_headroom must be >= 0")
         if not self.request_timeout_s > 0:
             raise ValueError(f"request_timeout_s must be > 0, got {self.request_timeout_s}")
-        if self.dtype is not None and self.dtype not in _DTYPES:
-            raise ValueError(f"dtype must be one of {sorted(_DTYPES)} or None, got {self.dtype}")
+        if self.dtype is not None and self.dtype != "auto" and self.dtype not in _DTYPES:
+            raise ValueError(
+                f"dtype must be one of {sorted(_DTYPES)}, 'auto' or None, got {self.dtype}"
+            )
 
     @property
     def torch_dtype(self) -> torch.dtype | None:
+        if self.dtype == "auto":
+            return fastest_dtype(self.device)
         return None if self.dtype is None else _DTYPES[self.dtype]
 
 

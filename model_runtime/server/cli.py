@@ -56,10 +56,11 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument(
         "--dtype",
-        choices=("float32", "bfloat16"),
+        choices=("float32", "bfloat16", "auto"),
         default=None,
         help="serving dtype (default: as saved); bfloat16 is several times faster on CPUs "
-        "with bf16 matmul units",
+        "with bf16 matmul units, slower where bf16 is emulated; auto: bfloat16 where the "
+        "hardware has it, float32 elsewhere",
     )
     parser.add_argument("--max-batch-size", type=int, default=32, metavar="N")
     parser.add_argument("--max-queued", type=int, default=64, metavar="N")

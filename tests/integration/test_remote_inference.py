@@ -53,7 +53,7 @@ def engine_url(tiny_policy_dir: Path, tmp_path: Path) -> Any:
                 "--port",
                 str(port),
                 "--dtype",
-                "bfloat16",
+                "auto",  # as the in-process engine: the same numbers from both
                 "--api-key",
                 "sekret",
             ],

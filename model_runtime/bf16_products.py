@@ -172,27 +172,23 @@ class _Float32Linear(torch.autograd.Function):
 def baddbmm(
     addend: torch.Tensor | None, a: torch.Tensor, b: torch.Tensor, *, alpha: float = 1.0
 ) -> torch.Tensor:
-    """``torch.baddbmm(addend, a, b, alpha=alpha)`` (``alpha * a @ b`` alone when ``addend`` is
-    None), the same numbers as bf16 gives (float32 sums, the result rounded once to bf16,
-    gradients rounded to bf16); through the float32 GEMM for bf16 operands on a CPU where that
-    is faster. Attention's products: where oneDNN emulates bf16 (no AVX512-BF16) its batched
-    products ran at ~55 GFLOP/s against ~300 for float32's (8 x 512 x 64 by 64 x 256, 2
-    threads), a fifth of a 10M PaLM's training step (149 of 786 ms). Eagerly the bf16
-    operands are kept for backward; a compiled graph may keep float32 copies (a 40M step's
-    peak memory 1,935 -> 2,064 MB)."""
+    """``torch.baddbmm(addend, a, b, alpha=alpha)`` (``torch.bmm(a, b)`` when ``addend`` is
+    None, where ``alpha`` must be 1), the same numbers as bf16 gives (float32 sums, the result
+    rounded once to bf16, gradients rounded to bf16); through the float32 GEMM for bf16
+    operands on a CPU where that is faster. Attention's products: where oneDNN emulates bf16
+    (no AVX512-BF16) its batched products ran at ~55 GFLOP/s against ~300 for float32's (8 x
+    512 x 64 by 64 x 256, 2 threads), a fifth of a 10M PaLM's training step (149 of 786 ms).
+    Eagerly the bf16 operands are kept for backward; a compiled graph may keep float32 copies
+    (a 40M step's peak memory 1,935 -> 2,064 MB)."""
+    if addend is None and alpha != 1.0:
+        raise ValueError("alpha needs an addend: bmm has none")
     if not (a.dtype == b.dtype == torch.bfloat16 and a.device.type == "cpu" and float32_faster()):
         if addend is None:
-            product = torch.bmm(a, b)
-            return product if alpha == 1.0 else product * alpha
+            return torch.bmm(a, b)
         return torch.baddbmm(addend, a, b, alpha=alpha)
     if torch.compiler.is_compiling():  # plain operations, as in linear()
         with torch.autocast("cpu", enabled=False):
-            if addend is None:
-                wide = torch.bmm(a.float(), b.float())
-                wide = wide if alpha == 1.0 else wide * alpha
-            else:
-                wide = torch.baddbmm(addend.float(), a.float(), b.float(), alpha=alpha)
-            return wide.to(torch.bfloat16)
+            return _widened_product(addend, a, b, alpha).to(torch.bfloat16)
     out: torch.Tensor = _Float32Baddbmm.apply(addend, a, b, alpha)  # type: ignore[no-untyped-call]
     return out
 
@@ -200,6 +196,15 @@ def baddbmm(
 def bmm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """``torch.bmm(a, b)`` as :func:`baddbmm` computes it."""
     return baddbmm(None, a, b)
+
+
+def _widened_product(
+    addend: torch.Tensor | None, a: torch.Tensor, b: torch.Tensor, alpha: float
+) -> torch.Tensor:
+    """:func:`baddbmm`'s product in float32, before its rounding to bf16."""
+    if addend is None:
+        return torch.bmm(a.float(), b.float())
+    return torch.baddbmm(addend.float(), a.float(), b.float(), alpha=alpha)
 
 
 class _Float32Baddbmm(torch.autograd.Function):
@@ -213,12 +218,7 @@ class _Float32Baddbmm(torch.autograd.Function):
             ctx.save_for_backward(a, b)
             ctx.alpha = alpha
             ctx.addend_shape = None if addend is None else addend.shape
-            if addend is None:
-                wide = torch.bmm(a.float(), b.float())
-                wide = wide if alpha == 1.0 else wide.mul_(alpha)
-            else:
-                wide = torch.baddbmm(addend.float(), a.float(), b.float(), alpha=alpha)
-            return wide.to(torch.bfloat16)
+            return _widened_product(addend, a, b, alpha).to(torch.bfloat16)
 
     @staticmethod
     def backward(

@@ -3,7 +3,10 @@
 ``python -m model_runtime.training.summary RUN_DIR [RUN_DIR ...]`` prints one JSON object keyed
 by each run's stage (``sft-2`` for a second ``sft`` run): its final step, held-out loss and
 perplexity (from ``final/meta.json``), the tokens it trained on and its training time (from
-``metrics.jsonl``; pauses between an interruption and the resume are not counted).
+``metrics.jsonl``; pauses between an interruption and the resume are not counted), the config it
+ran and the sha256 of every file it read. With those in an exported model's ``meta.json``, a
+rebuild can be checked against what was shipped input by input, and a recipe changed without a
+rebuild is seen.
 """
 
 from __future__ import annotations
@@ -15,6 +18,11 @@ from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+
+from model_runtime.checkpoints import TOKENIZER_FILE, WEIGHTS_FILE, sha256_file
+from model_runtime.training.config import TrainConfig
+from model_runtime.training.data import expand_files
+from model_runtime.training.trainer import CONFIG_COPY_FILE
 
 _MAX_GAP_S = 600.0  # a longer silence between two log lines is an interruption, not training
 
@@ -45,7 +53,26 @@ def run_summary(run_dir: Path) -> dict[str, Any]:
         "held_out_tokens": metrics.get("eval_tokens"),
         "tokens_trained": train_rows[-1]["tokens_seen"] if train_rows else 0,
         "training_hours": round(seconds / 3600, 2),
+        **run_provenance(run_dir),
     }
+
+
+def run_provenance(run_dir: Path) -> dict[str, Any]:
+    """``config``: the run's config as the trainer saved it; ``inputs``: {path as the config
+    names it: sha256} of its training and held-out files, its tokenizer and the weights it
+    started from (``init_from``'s ``model.safetensors``)."""
+    saved = json.loads((run_dir / CONFIG_COPY_FILE).read_text(encoding="utf-8"))
+    config = TrainConfig.from_dict(saved, source=str(run_dir / CONFIG_COPY_FILE))
+    files = expand_files(config.train_files) + expand_files(config.eval_files)
+    if config.tokenizer is not None:
+        tokenizer = Path(config.tokenizer)
+        files.append(tokenizer / TOKENIZER_FILE if tokenizer.is_dir() else tokenizer)
+    elif config.init_from is None:
+        files.append(run_dir / TOKENIZER_FILE)  # trained by the run itself
+    if config.init_from is not None:
+        start = Path(config.init_from)
+        files += [path for path in (start / WEIGHTS_FILE, start / TOKENIZER_FILE) if path.is_file()]
+    return {"config": saved, "inputs": {str(path): sha256_file(path) for path in files}}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -60,6 +60,12 @@ class TokenizerFormatError(ValueError):
     """A tokenizer.json that is not a palmloop byte-level BPE chat tokenizer."""
 
 
+def tokenizer_file(path: Path) -> Path:
+    """The tokenizer.json a path names: the file itself, or the one inside a directory."""
+    path = Path(path)
+    return path / TOKENIZER_FILENAME if path.is_dir() else path
+
+
 class ChatTokenizer:
     """Byte-level BPE with the chat control tokens of SPECIAL_TOKENS at ids 0..5.
 
@@ -105,10 +111,7 @@ class ChatTokenizer:
     @classmethod
     def from_file(cls, path: Path) -> "ChatTokenizer":
         """Load a tokenizer.json file, or `path / "tokenizer.json"` when `path` is a directory."""
-        path = Path(path)
-        if path.is_dir():
-            path = path / TOKENIZER_FILENAME
-        return cls.from_str(path.read_text(encoding="utf-8"))
+        return cls.from_str(tokenizer_file(path).read_text(encoding="utf-8"))
 
     def to_str(self) -> str:
         """The tokenizer.json text; `from_str` of it gives a tokenizer with identical encodings."""

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from model_runtime.checkpoints import TOKENIZER_FILE, WEIGHTS_FILE, sha256_file
+from model_runtime.tokenizer import tokenizer_file
 from model_runtime.training.config import TrainConfig
 from model_runtime.training.data import expand_files
 from model_runtime.training.trainer import CONFIG_COPY_FILE
@@ -65,8 +66,7 @@ def run_provenance(run_dir: Path) -> dict[str, Any]:
     config = TrainConfig.from_dict(saved, source=str(run_dir / CONFIG_COPY_FILE))
     files = expand_files(config.train_files) + expand_files(config.eval_files)
     if config.tokenizer is not None:
-        tokenizer = Path(config.tokenizer)
-        files.append(tokenizer / TOKENIZER_FILE if tokenizer.is_dir() else tokenizer)
+        files.append(tokenizer_file(config.tokenizer))
     elif config.init_from is None:
         files.append(run_dir / TOKENIZER_FILE)  # trained by the run itself
     if config.init_from is not None:

@@ -26,6 +26,7 @@ import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -67,6 +68,23 @@ def build_policy(directory: Path, *, dim: int, depth: int) -> Path:
     return directory
 
 
+def web_app_engine_config() -> Any:
+    """The EngineConfig the web app serves with (feedback.inference.local)."""
+    from model_runtime.engine import EngineConfig
+
+    return EngineConfig(max_batch_size=16, max_queued=64, dtype="auto")
+
+
+def prompt_ids(tokenizer: Any) -> list[int]:
+    """PROMPT as one user turn, ready for the answer."""
+    from model_runtime.tokenizer import ChatMessage
+
+    ids: list[int] = tokenizer.encode_chat(
+        [ChatMessage("user", PROMPT)], add_generation_prompt=True
+    ).ids
+    return ids
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
@@ -99,17 +117,11 @@ def summarise(timings: list[StreamTiming], rounds: int = 1) -> dict[str, float]:
 async def engine_alone(
     policy: Path, clients: int, max_tokens: int, rounds: int
 ) -> list[StreamTiming]:
-    from model_runtime.engine import Engine, EngineConfig
+    from model_runtime.engine import Engine
     from model_runtime.sampling import SamplingParams
-    from model_runtime.tokenizer import ChatMessage
 
-    engine = Engine.from_checkpoint(
-        policy,
-        EngineConfig(max_batch_size=16, max_queued=64, dtype="auto"),  # as the web app
-    )
-    prompt = engine.tokenizer.encode_chat(
-        [ChatMessage("user", PROMPT)], add_generation_prompt=True
-    ).ids
+    engine = Engine.from_checkpoint(policy, web_app_engine_config())
+    prompt = prompt_ids(engine.tokenizer)
     # No end token: every request writes exactly max_tokens, as through the stack.
     params = SamplingParams(temperature=0.0, max_new_tokens=max_tokens)
 
@@ -355,7 +367,10 @@ def main() -> None:
                 "max_tokens": args.max_tokens,
                 "policy": str(policy),
                 "database": "postgres" if "DATABASE_URL" in os.environ else "sqlite",
-                "engine_process": "own" if args.remote_engine else "web",
+                # the web app's own engine runs in its child process unless ENGINE_PROCESS=0
+                "engine_process": "serve"
+                if args.remote_engine
+                else ("web" if os.environ.get("ENGINE_PROCESS", "1") == "0" else "child"),
                 "engine_dtype": str(fastest_dtype("cpu")).removeprefix("torch."),
                 "engine": engine_figures,
                 "stack": stack_figures,

@@ -54,4 +54,5 @@ def _create() -> InferenceClient:
         device=settings.TORCH_DEVICE,
         max_batch=settings.ENGINE_MAX_BATCH,
         max_queue=settings.ENGINE_MAX_QUEUE,
+        own_process=settings.ENGINE_PROCESS,
     )

@@ -1,4 +1,5 @@
-"""The engine inside this web process: one loaded policy, batched across every open stream."""
+"""The web process's own engine: one loaded policy, batched across every open stream, run in a
+child process (``EngineProcess``) or, for tests, in this one."""
 
 from __future__ import annotations
 
@@ -22,18 +23,26 @@ from model_runtime.engine import (
     QueueFullError,
     SwapError,
 )
+from model_runtime.engine.process import EngineProcess
 from model_runtime.sampling import chat_sampling
 from model_runtime.tokenizer import ChatMessage
 
 
 class LocalInferenceClient:
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine | EngineProcess) -> None:
         self.engine = engine
 
     @classmethod
     def load(
-        cls, policy_dir: Path, *, device: str = "cpu", max_batch: int = 16, max_queue: int = 64
+        cls,
+        policy_dir: Path,
+        *,
+        device: str = "cpu",
+        max_batch: int = 16,
+        max_queue: int = 64,
+        own_process: bool = False,
     ) -> LocalInferenceClient:
+        """``own_process``: the engine runs in a child process (see ``EngineProcess``)."""
         if not (policy_dir / "model.safetensors").exists():
             raise InferenceUnavailable(
                 f"no policy checkpoint in {policy_dir} (set POLICY_DIR or MODEL_DIR)"
@@ -46,6 +55,8 @@ class LocalInferenceClient:
             dtype="auto",
         )
         try:
+            if own_process:
+                return cls(EngineProcess(policy_dir, config))
             return cls(Engine.from_checkpoint(policy_dir, config))
         except SwapError as exc:
             raise InferenceUnavailable(f"the policy in {policy_dir} failed to load: {exc}") from exc
@@ -84,6 +95,11 @@ class LocalInferenceClient:
             async for piece in pieces:
                 yield piece
             result = await handle.aresult()
+        # An engine in its own process refuses through the handle, not at submission.
+        except QueueFullError as exc:
+            raise InferenceBusy(str(exc)) from exc
+        except PromptTooLongError as exc:
+            raise PromptTooLong(str(exc)) from exc
         except EngineError as exc:
             raise InferenceUnavailable(str(exc)) from exc
         finally:

@@ -34,9 +34,12 @@ def close_sync_thread_connections() -> Iterator[None]:
 
 @pytest.fixture
 def policy(tiny_policy_dir: Path, settings: Any) -> Iterator[Path]:
-    """This process serves the tiny policy in-process for the test."""
+    """This process serves the tiny policy for the test, from an engine in this process (one
+    in a child process costs a start-up per test: tests/feedback/test_inference_local.py and
+    the browser tests use that)."""
     settings.POLICY_DIR = tiny_policy_dir
     settings.INFERENCE_URL = ""
+    settings.ENGINE_PROCESS = False
     reset_inference_client()
     yield tiny_policy_dir
     reset_inference_client()

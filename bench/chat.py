@@ -85,6 +85,15 @@ def prompt_ids(tokenizer: Any) -> list[int]:
     return ids
 
 
+def process_cpu_s(pid: int) -> float | None:
+    """CPU seconds (user + system) process ``pid`` has used so far; None off Linux."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
@@ -328,9 +337,11 @@ def main() -> None:
         base = f"http://127.0.0.1:{args.port}"
         asyncio.run(through_stack(base, sessions[:2], args.max_tokens, "sessionid"))  # warm-up
         stack: list[StreamTiming] = []
+        cpu_before = process_cpu_s(server.pid)
         for round_ in range(args.rounds):  # each round: new conversations, sent together
             mine = sessions[2 + round_ * args.clients : 2 + (round_ + 1) * args.clients]
             stack += asyncio.run(through_stack(base, mine, args.max_tokens, "sessionid"))
+        cpu_after = process_cpu_s(server.pid)
     finally:
         for process in (server, engine_server):
             if process is not None:
@@ -341,6 +352,11 @@ def main() -> None:
         raise SystemExit("an answer failed; the web log:\n" + (work / "uvicorn.log").read_text())
     engine_figures = summarise(engine, args.rounds)
     stack_figures = summarise(stack, args.rounds)
+    if cpu_before is not None and cpu_after is not None:
+        # the web process's own work (not its engine's: a child process, or the server's)
+        stack_figures["web_cpu_ms_per_answer"] = round(
+            (cpu_after - cpu_before) * 1000 / len(stack), 1
+        )
     ratio = stack_figures["ttft_p50_ms"] / max(engine_figures["ttft_p50_ms"], 1e-9)
     print(
         f"{args.clients} concurrent clients, {args.max_tokens} tokens each, "
@@ -357,6 +373,11 @@ def main() -> None:
         f"{stack_figures['stream_open_p50_ms']:.0f}ms, first token at "
         f"{stack_figures['ttft_p50_ms']:.0f}ms"
     )
+    if "web_cpu_ms_per_answer" in stack_figures:
+        print(
+            f"web process CPU per answer (page, send, stream): "
+            f"{stack_figures['web_cpu_ms_per_answer']:.1f} ms"
+        )
     print(f"TTFT ratio stack/engine: {ratio:.2f} (target <= 1.5)")
     print(
         json.dumps(

@@ -15,10 +15,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import itertools
 import logging
 import threading
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import aclosing
 from dataclasses import dataclass, field
@@ -134,6 +135,8 @@ class AnswerRun:
     begun: threading.Event = field(default_factory=threading.Event)
     # The text when ``begun`` was set: the first piece, saved to the database at once.
     first_words: str = ""
+    # Where its database work runs, in order (see ``_in_db_thread``).
+    db_thread: ThreadPoolExecutor = field(default_factory=lambda: next(_NEXT_RUNS_DB_THREAD))
 
     def begin(self) -> None:
         """Mark the run begun (on the loop that writes it), with what it holds now."""
@@ -395,7 +398,7 @@ async def _should_stop(run: AnswerRun) -> str:
             log.warning("answer %s: flags unread, the cache is unreachable: %s", run.answer_id, exc)
         run.cache_unreachable = True
         run.last_watched = time.monotonic()
-        still_open = await _in_db_thread(run.answer_id, _is_open)(run.answer_id)
+        still_open = await _in_db_thread(run, _is_open)(run.answer_id)
         return "" if still_open else "stopped"
     run.cache_unreachable = False
     if flags.get(keys[0]):
@@ -411,14 +414,17 @@ async def _should_stop(run: AnswerRun) -> str:
 # The runs' database work, on threads of their own (each with its connection): never queued
 # behind a request's sync code, and free while a send waits for its answer's first piece
 # (``AnswerRun.text_once_begun``), whichever thread that send runs on. Several, so that answers
-# sent together are claimed together; each answer keeps to one, so its calls stay in order.
+# sent together are claimed together; each run keeps to one, so its calls stay in order. Handed
+# out in turn: by answer id, the answers of a burst of first messages (ids two apart, after
+# their questions) all fell on every other thread.
 _RUNS_DB_THREADS = tuple(
     ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"answer-runs-db-{i}") for i in range(4)
 )
+_NEXT_RUNS_DB_THREAD: Iterator[ThreadPoolExecutor] = itertools.cycle(_RUNS_DB_THREADS)
 
 
-def _in_db_thread(answer_id: int, work: Callable[..., T]) -> Callable[..., Awaitable[T]]:
-    """``work`` for ``answer_id`` on its runs' database thread, which keeps one connection from
+def _in_db_thread(run: AnswerRun, work: Callable[..., T]) -> Callable[..., Awaitable[T]]:
+    """``work`` for ``run`` on its database thread, which keeps one connection from
     the pool between calls (lending it back after each call cost 4 ms, on the first token's
     path). A connection the database dropped (it restarted) is replaced and the work tried once
     more: the pool lends only checked connections. A run belongs to no request, so nothing else
@@ -430,12 +436,11 @@ def _in_db_thread(answer_id: int, work: Callable[..., T]) -> Callable[..., Await
         except (InterfaceError, OperationalError):
             if not _connection_broken():
                 raise
-            log.warning("answer %s: the database connection was lost; retrying", answer_id)
+            log.warning("answer %s: the database connection was lost; retrying", run.answer_id)
             connections["default"].close()
             return work(*args, **kwargs)
 
-    executor = _RUNS_DB_THREADS[answer_id % len(_RUNS_DB_THREADS)]
-    return sync_to_async(on_a_live_connection, thread_sensitive=False, executor=executor)
+    return sync_to_async(on_a_live_connection, thread_sensitive=False, executor=run.db_thread)
 
 
 def _connection_broken() -> bool:
@@ -468,12 +473,10 @@ async def _write_answer(run: AnswerRun, client_factory: ClientFactory) -> None:
     ours = True  # the answer's end is this run's to record
     relay: RelayWriter | None = None  # to streams in other web processes
     try:
-        client, request = await _in_db_thread(run.answer_id, _claim_answer)(
-            run.answer_id, client_factory
-        )
+        client, request = await _in_db_thread(run, _claim_answer)(run.answer_id, client_factory)
         if request is None:  # stopped before it started, or taken by another process
             ours = False  # closed already, or written there: nothing to record here
-            answer = await _in_db_thread(run.answer_id, Message.objects.get)(pk=run.answer_id)
+            answer = await _in_db_thread(run, Message.objects.get)(pk=run.answer_id)
             run.claimed_elsewhere = answer.status == MessageStatus.STREAMING
             return
         last_flush = last_check = time.monotonic()
@@ -491,7 +494,7 @@ async def _write_answer(run: AnswerRun, client_factory: ClientFactory) -> None:
                     run.begin()  # the send's response carries these words: not a moment later
                     # Saved at once: a stream that another process serves waits for it
                     # (``_wait_until_saved``), so that it opens with the words the page shows.
-                    await _in_db_thread(run.answer_id, do_save_partial_answer)(
+                    await _in_db_thread(run, do_save_partial_answer)(
                         answer_id=run.answer_id, content=run.content
                     )
                     last_flush = time.monotonic()
@@ -509,7 +512,7 @@ async def _write_answer(run: AnswerRun, client_factory: ClientFactory) -> None:
                         relay.activate(run.content)
                 if now - last_flush >= settings.STREAM_FLUSH_S:
                     last_flush = now
-                    await _in_db_thread(run.answer_id, do_save_partial_answer)(
+                    await _in_db_thread(run, do_save_partial_answer)(
                         answer_id=run.answer_id, content=run.content
                     )
         finally:
@@ -529,7 +532,7 @@ async def _write_answer(run: AnswerRun, client_factory: ClientFactory) -> None:
     finally:
         try:
             if ours:
-                await _in_db_thread(run.answer_id, do_finish_answer)(
+                await _in_db_thread(run, do_finish_answer)(
                     answer_id=run.answer_id,
                     status=status,
                     content=run.content,
@@ -541,9 +544,7 @@ async def _write_answer(run: AnswerRun, client_factory: ClientFactory) -> None:
                     error=error,
                 )
             if finished is not None:
-                await _in_db_thread(run.answer_id, _set_model_version)(
-                    run.answer_id, finished.model_version
-                )
+                await _in_db_thread(run, _set_model_version)(run.answer_id, finished.model_version)
             # Not on Django's sync thread: a send waiting there for ``begun`` would hold it up.
             # Unreachable cache: the flag, if any, expires on its own.
             with contextlib.suppress(*CACHE_ERRORS):

@@ -358,8 +358,16 @@ def test_a_database_error_on_a_live_connection_is_not_retried() -> None:
         raise OperationalError("deadlock detected")
 
     with pytest.raises(OperationalError):
-        asyncio.run(answer_runs._in_db_thread(1, work)())
+        asyncio.run(answer_runs._in_db_thread(answer_runs.AnswerRun(answer_id=1), work)())
     assert len(calls) == 1
+
+
+def test_answers_sent_together_are_claimed_on_threads_of_their_own() -> None:
+    # First messages sent together have answer ids two apart (each after its question): they
+    # used to share every other thread, so half of them queued behind the others' claims.
+    threads = answer_runs._RUNS_DB_THREADS
+    runs = [answer_runs.AnswerRun(answer_id=2 * i) for i in range(len(threads))]
+    assert {run.db_thread for run in runs} == set(threads)
 
 
 def test_the_send_is_told_the_first_words_as_saved_not_what_came_after() -> None:

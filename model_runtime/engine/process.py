@@ -25,6 +25,7 @@ import itertools
 import json
 import multiprocessing
 import os
+import signal
 import threading
 import time
 from collections.abc import Sequence
@@ -258,6 +259,9 @@ def _error(name: str, arguments: list[Any]) -> EngineError:
 def _serve(directory: str, config: dict[str, Any], threads: int, conn: Connection) -> None:
     import torch
 
+    # Ctrl-C in a terminal reaches the whole process group: the host decides when this ends
+    # (close, or its own exit, which closes the pipe), not the keyboard.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(threads)
     try:
         engine = Engine.from_checkpoint(Path(directory), EngineConfig(**config))

@@ -4,7 +4,9 @@ refuses through the handle, and fails cleanly when the child dies or the checkpo
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -79,6 +81,12 @@ def test_a_cancel_reaches_the_child(served: EngineProcess) -> None:
     result = handle.result(timeout=30)
     assert result.finish_reason == "cancelled"
     assert result.completion_tokens < 400
+
+
+def test_ctrl_c_in_the_terminal_leaves_it_to_the_host(served: EngineProcess) -> None:
+    assert served.pid is not None
+    os.kill(served.pid, signal.SIGINT)  # what Ctrl-C sends the whole process group
+    assert served.submit(_prompt(served), GREEDY).result(timeout=30).completion_tokens > 0
 
 
 def test_refusals_arrive_through_the_handle(served: EngineProcess) -> None:

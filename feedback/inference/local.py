@@ -1,5 +1,5 @@
 """The web process's own engine: one loaded policy, batched across every open stream, run in a
-child process (``EngineProcess``) or, for tests, in this one."""
+child process (``EngineProcess``), or in this one (``ENGINE_PROCESS=0``, and most tests)."""
 
 from __future__ import annotations
 

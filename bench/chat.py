@@ -391,7 +391,11 @@ def main() -> None:
                 # the web app's own engine runs in its child process unless ENGINE_PROCESS=0
                 "engine_process": "serve"
                 if args.remote_engine
-                else ("web" if os.environ.get("ENGINE_PROCESS", "1") == "0" else "child"),
+                else (
+                    "web"
+                    if os.environ.get("ENGINE_PROCESS", "1").lower() in ("0", "false", "no", "off")
+                    else "child"
+                ),
                 "engine_dtype": str(fastest_dtype("cpu")).removeprefix("torch."),
                 "engine": engine_figures,
                 "stack": stack_figures,

@@ -325,7 +325,7 @@ INFERENCE_TIMEOUT_S = env.float("INFERENCE_TIMEOUT_S", default=120.0)
 INFERENCE_CONTEXT_LENGTH = env.int("INFERENCE_CONTEXT_LENGTH", default=512)
 ENGINE_MAX_BATCH = env.int("ENGINE_MAX_BATCH", default=16)
 ENGINE_MAX_QUEUE = env.int("ENGINE_MAX_QUEUE", default=64)
-# The in-process engine's scheduler runs in a child process of its own: beside the web's threads
+# The web process's own engine (no INFERENCE_URL) runs in a child process: beside the web's threads
 # it would wait for Python's GIL at every operation (model_runtime/engine/process.py).
 ENGINE_PROCESS: bool = env.bool("ENGINE_PROCESS", default=True)
 

@@ -54,6 +54,7 @@ _ERRORS: dict[str, type[EngineError]] = {
         EngineClosedError,
         errors.GenerationFailedError,
         errors.InvalidRequestError,
+        errors.PromptTooLongError,  # rebuilt from its token counts (see _error_fields)
         errors.QueueFullError,
     )
 }
@@ -147,20 +148,20 @@ class EngineProcess:
             raise errors.InvalidRequestError(f"submit() makes one completion, not n={params.n}")
         tokens = [int(token) for token in prompt]
         now = time.monotonic()
-        limit = min(self.config.request_timeout_s, timeout_s or self.config.request_timeout_s)
         with self._lock:
             if self._closed:
                 raise EngineClosedError(self._closed)
             number = next(self._numbers)
+            # The handle's request: the child's engine caps and times it (limits not repeated).
             request = EngineRequest(
                 request_id=f"process-{number}",
                 prompt=tuple(tokens),
                 params=params,
-                max_new_tokens=min(params.max_new_tokens, self.config.max_new_tokens),
+                max_new_tokens=params.max_new_tokens,
                 top_logprobs=0,
                 logit_bias={},
                 submitted_at=now,
-                deadline=now + limit,
+                deadline=now + (timeout_s or self.config.request_timeout_s),
             )
             handle = request.handle = _ProcessHandle(request, self, number)
             self._handles[number] = handle
@@ -248,8 +249,6 @@ def _error_fields(error: EngineError) -> tuple[str, list[Any]]:
 
 
 def _error(name: str, arguments: list[Any]) -> EngineError:
-    if name == errors.PromptTooLongError.__name__:
-        return errors.PromptTooLongError(*arguments)
     return _ERRORS.get(name, EngineError)(*arguments)
 
 

@@ -21,6 +21,12 @@ def get_inference_client() -> InferenceClient:
         return _client
 
 
+def inference_client_if_ready() -> InferenceClient | None:
+    """The process-wide client if it is made already, else None: never waits for a policy
+    that is loading (nor for the lock its loading holds)."""
+    return _client
+
+
 def reset_inference_client() -> None:
     """Forget the client (tests, and after settings change); an in-process engine is closed."""
     global _client

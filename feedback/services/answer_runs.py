@@ -137,6 +137,14 @@ class AnswerRun:
     first_words: str = ""
     # Where its database work runs, in order (see ``_in_db_thread``).
     db_thread: ThreadPoolExecutor = field(default_factory=lambda: next(_NEXT_RUNS_DB_THREAD))
+    # The claim, made already by the send that created the answer (see ``start_answer_soon``):
+    # the client and request, or what the claim raised. None: the run claims it itself.
+    claimed: tuple[InferenceClient, ChatGenerationRequest | None] | Exception | None = None
+
+    @property
+    def claimed_here(self) -> bool:
+        """Whether the send that created the answer claimed it: streaming, its request made."""
+        return isinstance(self.claimed, tuple) and self.claimed[1] is not None
 
     def begin(self) -> None:
         """Mark the run begun (on the loop that writes it), with what it holds now."""
@@ -187,30 +195,51 @@ def serve_streams_from(loop: asyncio.AbstractEventLoop | None) -> None:
     _serving_loop = loop
 
 
-def start_answer_soon(answer_id: int, client: ClientFactory) -> AnswerRun | None:
+def start_answer_soon(
+    answer_id: int,
+    client: ClientFactory,
+    ready: Callable[[], InferenceClient | None] = lambda: None,
+) -> AnswerRun | None:
     """Start writing a new pending answer now, before its page opens the stream (from any
     thread, once the creating transaction commits), and return its run. Without a serving
     loop, or with ``CHAT_START_ON_SEND`` off, the answer waits for its first stream as before
-    (None)."""
+    (None).
+
+    ``ready``: the inference client if it is loaded already, else None. With one, the calling
+    thread (the send's) claims the answer itself, on its own connection, and the run goes
+    straight to the model: a burst of sends no longer queues its claims on the runs' database
+    threads, each one more trip and more queries between the send and the first token. Never
+    a client still loading: the send must not wait seconds for it."""
     loop = _serving_loop
     if loop is None or loop.is_closed() or not settings.CHAT_START_ON_SEND:
         return None
     run = AnswerRun(answer_id)
 
     def schedule() -> None:
-        # A loop closed since (shutting down): the answer waits for a stream, or the sweep.
-        with contextlib.suppress(RuntimeError):
-            loop.call_soon_threadsafe(_start_if_idle, run, client)
+        # Registered before the claim: a stream that opens meanwhile watches this run, rather
+        # than taking the answer, no longer pending, for another process's.
+        if _runs.setdefault(answer_id, run) is not run:  # a page's stream started it first
+            run.begin()
+            return
+        loaded = ready()
+        if loaded is not None:
+            try:
+                run.claimed = _claim_answer(answer_id, lambda: loaded)
+            except Exception as exc:  # the run records it, as it would its own claim's
+                run.claimed = exc
+        try:
+            loop.call_soon_threadsafe(_start, answer_id, client, run)
+        except RuntimeError:  # the loop closed since (shutting down): the sweep closes it
+            _forget(run)
+            run.begin()
 
     transaction.on_commit(schedule)
     return run
 
 
-def _start_if_idle(run: AnswerRun, client: ClientFactory) -> None:
-    if run.answer_id in _runs:  # a page's stream started it first: nothing to wait for here
-        run.begin()
-    else:
-        _start(run.answer_id, client, run)
+def _forget(run: AnswerRun) -> None:
+    if _runs.get(run.answer_id) is run:
+        del _runs[run.answer_id]
 
 
 def _claim_answer(
@@ -286,8 +315,11 @@ async def watch_answer(
 
 
 def _start(answer_id: int, client: ClientFactory, run: AnswerRun | None = None) -> AnswerRun:
-    run = run or AnswerRun(answer_id)
-    _runs[answer_id] = run
+    """Start the answer's run on this loop, unless it has one: the run a send registered (from
+    its thread, at any moment: hence ``setdefault``) is started, never replaced."""
+    run = _runs.setdefault(answer_id, run or AnswerRun(answer_id))
+    if run.task is not None:
+        return run
     # A context of its own: the run outlives the request that started it, and asgiref ties
     # thread-sensitive calls (the cache's) to the executor of the request whose context they
     # run in.
@@ -473,7 +505,13 @@ async def _write_answer(run: AnswerRun, client_factory: ClientFactory) -> None:
     ours = True  # the answer's end is this run's to record
     relay: RelayWriter | None = None  # to streams in other web processes
     try:
-        client, request = await _in_db_thread(run, _claim_answer)(run.answer_id, client_factory)
+        if run.claimed is None:
+            claimed = await _in_db_thread(run, _claim_answer)(run.answer_id, client_factory)
+        elif isinstance(run.claimed, Exception):
+            raise run.claimed
+        else:
+            claimed = run.claimed
+        client, request = claimed
         if request is None:  # stopped before it started, or taken by another process
             ours = False  # closed already, or written there: nothing to record here
             answer = await _in_db_thread(run, Message.objects.get)(pk=run.answer_id)
@@ -556,7 +594,6 @@ async def _write_answer(run: AnswerRun, client_factory: ClientFactory) -> None:
             if not run.begun.is_set():
                 run.begin()
             run.publish(StreamEvent("done"))
-            if _runs.get(run.answer_id) is run:
-                del _runs[run.answer_id]
+            _forget(run)
             if relay is not None:  # then other processes' pages: after the database's end
                 await relay.aclose()

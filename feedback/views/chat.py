@@ -18,7 +18,7 @@ from django.http import HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.template.loader import render_to_string
 from django.urls import reverse
-from django.utils.html import format_html
+from django.utils.html import escape, format_html
 from django.views.decorators.http import require_GET, require_POST
 from django_htmx.http import (
     HttpResponseClientRedirect,
@@ -27,10 +27,10 @@ from django_htmx.http import (
     retarget,
 )
 
-from feedback.inference.factory import get_inference_client
+from feedback.inference.factory import get_inference_client, inference_client_if_ready
 from feedback.models import ChatLimits, Conversation, Message, MessageRole, Persona
 from feedback.roles import Role, role_required
-from feedback.services.answer_runs import start_answer_soon, stop_answers
+from feedback.services.answer_runs import AnswerRun, start_answer_soon, stop_answers
 from feedback.services.chat import (
     AnswerStillOpen,
     ChatInputError,
@@ -264,16 +264,56 @@ def _answer_anew(
         answer = create(limits)
     except ChatInputError as exc:
         return _refused(request, conversation, exc, limits)
-    run = start_answer_soon(answer.pk, get_inference_client)
-    written: dict[int, str] = {}
-    if run is not None and request.htmx:
-        # The answer's first words ride on this response (a prefill, milliseconds): the page
-        # shows them without waiting to open the stream, which then goes on from there.
-        written[answer.pk] = run.text_once_begun(settings.CHAT_SEND_WAITS_FOR_ANSWER_S)
+    run = start_answer_soon(answer.pk, get_inference_client, inference_client_if_ready)
     retitled = answer.conversation.title != title  # a first message names the conversation
-    if end is not None and request.htmx:
-        return _thread_end(request, answer.conversation, end, retitled=retitled, written=written)
-    return _thread(request, answer.conversation, limits=limits, retitled=retitled, written=written)
+
+    def respond(written: dict[int, str]) -> HttpResponse:
+        if end is not None and request.htmx:
+            return _thread_end(
+                request, answer.conversation, end, retitled=retitled, written=written
+            )
+        return _thread(
+            request, answer.conversation, limits=limits, retitled=retitled, written=written
+        )
+
+    if run is None or not request.htmx:
+        return respond({})
+    return _with_first_words(respond, run, answer)
+
+
+def _with_first_words(
+    respond: Callable[[dict[int, str]], HttpResponse], run: AnswerRun, answer: Message
+) -> HttpResponse:
+    """The response with the answer's first words (a prefill, milliseconds): the page shows
+    them without waiting to open the stream, which then goes on from there. When this send
+    claimed the answer, the response is rendered while the model writes them (in another
+    process, or thread) and they are filled in when they come; rendered after them, it kept
+    each of a burst of sends tens of milliseconds behind its first words."""
+    wait = settings.CHAT_SEND_WAITS_FOR_ANSWER_S
+    if not run.claimed_here:  # still pending: shown once its run has claimed it
+        return respond({answer.pk: run.text_once_begun(wait)})
+    draft = respond({})
+    words = run.text_once_begun(wait)
+    if run.finished:  # ended already (refused, say): shown as it ended
+        return respond({answer.pk: words})
+    filled = _fill_first_words(draft.content.decode(), answer, words) if words else None
+    if filled is None:
+        return respond({answer.pk: words}) if words else draft
+    draft.content = filled
+    return draft
+
+
+def _fill_first_words(html: str, answer: Message, words: str) -> str | None:
+    """``html`` (the open answer rendered with no text) as chat.html renders it with ``words``
+    written: in its body, and counted in its stream's ``shown``; None when ``html`` does not
+    hold exactly one of each place (the answer saved words before it was rendered)."""
+    stream = reverse("chat_stream", args=[answer.conversation_id, answer.pk])
+    link, body = f'sse-connect="{stream}?shown=0"', f'id="msg-{answer.pk}-body"></div>'
+    if html.count(link) != 1 or html.count(body) != 1:
+        return None
+    return html.replace(link, f'sse-connect="{stream}?shown={len(words)}"').replace(
+        body, f'id="msg-{answer.pk}-body">{escape(words)}</div>'
+    )
 
 
 @role_required(Role.USER)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import html
 import re
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +21,7 @@ from django.utils.html import escape
 from factories import ConversationFactory
 from sse_streams import logged_in_client, parse_events, read_stream
 
+from feedback.inference import factory
 from feedback.inference.base import InferenceClient
 from feedback.inference.factory import get_inference_client
 from feedback.models import Conversation, Message, MessageStatus
@@ -38,7 +40,6 @@ from feedback.services.chat import (
     do_send_message,
     do_start_answer,
 )
-from feedback.views import chat as chat_views
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -116,10 +117,16 @@ def _answer_on_screen(page: str, answer: Message) -> tuple[str, str]:
     return article.group(1), html.unescape(body.group(1))
 
 
-def test_the_send_response_carries_the_answers_first_words(policy: Path, settings: Any) -> None:
+@pytest.mark.parametrize("client_loaded", [False, True], ids=["policy-loading", "policy-loaded"])
+def test_the_send_response_carries_the_answers_first_words(
+    policy: Path, settings: Any, client_loaded: bool
+) -> None:
     """The page shows the answer's first words with the sent message, before it opens the
-    stream, which goes on from there."""
+    stream, which goes on from there: whether the run claimed the answer (the first send,
+    which loads the policy) or the send did (the response then rendered before the words)."""
     settings.CHAT_SEND_WAITS_FOR_ANSWER_S = 30.0  # returns at the first piece: room for CI
+    if client_loaded:
+        get_inference_client()
     conversation = ConversationFactory(temperature=0.0, max_new_tokens=400)
     page, stream = send_then_read_stream(conversation)
     assert parse_events([stream])[-1][0] == "done"
@@ -137,15 +144,50 @@ def test_a_send_does_not_wait_long_for_a_slow_model(
     the answer is written all the same."""
     settings.CHAT_SEND_WAITS_FOR_ANSWER_S = 0.2
     conversation = ConversationFactory(temperature=0.0, max_new_tokens=16)
+    load = factory._create
 
-    def slow_client() -> InferenceClient:
-        time.sleep(2.0)  # a policy still loading
-        return get_inference_client()
+    def slow_load() -> InferenceClient:
+        time.sleep(2.0)  # a policy still loading (the fixture's client is not made yet)
+        return load()
 
-    monkeypatch.setattr(chat_views, "get_inference_client", slow_client)
+    monkeypatch.setattr(factory, "_create", slow_load)
     page, _ = send_then_read_stream(conversation, "Hello")
     answer = Message.objects.get(conversation=conversation, role="assistant")
     assert _answer_on_screen(page, answer) == ("pending", "")
+    assert answer.status == MessageStatus.COMPLETE and answer.content
+
+
+def test_a_send_claims_its_answer_itself_once_the_policy_is_loaded(
+    policy: Path, conversation: Conversation, settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the client made, the send's own thread claims the answer (one trip fewer on the
+    first token's path): the answer is streaming when the send answers, however short the
+    send's wait; while the policy loads, the run claims it on its database thread."""
+    settings.CHAT_SEND_WAITS_FOR_ANSWER_S = 0.0
+    claimed_on: list[str] = []
+    claim = answer_runs._claim_answer
+
+    def recording_claim(*args: Any) -> Any:
+        claimed_on.append(threading.current_thread().name)
+        return claim(*args)
+
+    monkeypatch.setattr(answer_runs, "_claim_answer", recording_claim)
+    first = asyncio.run(send_and_wait(conversation, wait_s=60))  # loads the policy
+    assert first.status == MessageStatus.COMPLETE
+    assert claimed_on[0].startswith("answer-runs-db-")
+
+    async def scenario() -> tuple[str, Message]:
+        page = await post_send(conversation, "And the sea?")
+        answer = await Message.objects.exclude(pk=first.pk).aget(
+            conversation=conversation, role="assistant"
+        )
+        await asyncio.wait_for(answer_runs._runs[answer.pk].task, 60)  # type: ignore[arg-type]
+        return page, answer
+
+    page, answer = asyncio.run(scenario())
+    assert _answer_on_screen(page, answer)[0] == "streaming"  # as the send left it
+    assert len(claimed_on) == 2 and not claimed_on[1].startswith("answer-runs-db-")
+    answer.refresh_from_db()
     assert answer.status == MessageStatus.COMPLETE and answer.content
 
 

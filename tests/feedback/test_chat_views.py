@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from django.db import connection
-from django.test import Client
+from django.test import Client, RequestFactory
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
+from django_htmx.middleware import HtmxDetails
 from factories import ConversationFactory, PersonaFactory, UserFactory
 
 from feedback.models import ChatLimits, Conversation, Message, MessageStatus
 from feedback.roles import Role
 from feedback.services.chat import do_finish_answer, do_send_message, do_start_answer
+from feedback.views import chat as chat_views
 
 pytestmark = pytest.mark.django_db
 HTMX = {"HTTP_HX_REQUEST": "true"}
@@ -393,3 +397,39 @@ def test_htmx_posts_need_the_csrf_token() -> None:
     token = page.context["csrf_token"]
     response = client.post(url, {"text": "hi"}, HTTP_X_CSRFTOKEN=str(token), **HTMX)
     assert response.status_code == 200
+
+
+def _without_csrf_tokens(html: str) -> str:
+    """Each render masks the CSRF secret afresh."""
+    return re.sub(r"\b[A-Za-z0-9]{64}\b", "TOKEN", html)
+
+
+@pytest.mark.parametrize("whole_thread", [True, False], ids=["thread", "thread-end"])
+def test_first_words_filled_into_a_rendered_answer_read_as_if_rendered_with_them(
+    whole_thread: bool,
+) -> None:
+    """A send's response is rendered while the model writes the first words, which are then
+    filled in: the same HTML, byte for byte, as the response rendered with them."""
+    conversation = ConversationFactory()
+    turn = do_send_message(conversation=conversation, text="hello")
+    do_start_answer(answer_id=turn.answer.pk, model_version="", dropped_turns=0)
+    answer = Message.objects.get(pk=turn.answer.pk)
+    request = RequestFactory().post("/", HTTP_HX_REQUEST="true")
+    request.user = conversation.owner
+    request.htmx = HtmxDetails(request)  # type: ignore[attr-defined]
+    words = 'Rivers <b>carve</b> & "shape"\nvalleys </textarea>'
+
+    def render(written: dict[int, str]) -> str:
+        fresh = Conversation.objects.get(pk=conversation.pk)
+        if whole_thread:
+            response = chat_views._thread(request, fresh, retitled=True, written=written)  # type: ignore[arg-type]
+        else:
+            end = chat_views._ThreadEnd(2)
+            response = chat_views._thread_end(request, fresh, end, retitled=True, written=written)  # type: ignore[arg-type]
+        return response.content.decode()
+
+    filled = chat_views._fill_first_words(render({}), answer, words)
+    assert filled is not None and "<b>carve" not in filled
+    assert _without_csrf_tokens(filled) == _without_csrf_tokens(render({answer.pk: words}))
+    # rendered with words already (saved before the render): nothing to fill in
+    assert chat_views._fill_first_words(render({answer.pk: "Rivers"}), answer, words) is None

@@ -199,6 +199,8 @@ def start_answer_soon(
     answer_id: int,
     client: ClientFactory,
     ready: Callable[[], InferenceClient | None] = lambda: None,
+    *,
+    answer: Message | None = None,
 ) -> AnswerRun | None:
     """Start writing a new pending answer now, before its page opens the stream (from any
     thread, once the creating transaction commits), and return its run. Without a serving
@@ -209,7 +211,8 @@ def start_answer_soon(
     thread (the send's) claims the answer itself, on its own connection, and the run goes
     straight to the model: a burst of sends no longer queues its claims on the runs' database
     threads, each one more trip and more queries between the send and the first token. Never
-    a client still loading: the send must not wait seconds for it."""
+    a client still loading: the send must not wait seconds for it. ``answer``: the answer as
+    the send created it, with its conversation (the claim then need not load them again)."""
     loop = _serving_loop
     if loop is None or loop.is_closed() or not settings.CHAT_START_ON_SEND:
         return None
@@ -224,7 +227,7 @@ def start_answer_soon(
         loaded = ready()
         if loaded is not None:
             try:
-                run.claimed = _claim_answer(answer_id, lambda: loaded)
+                run.claimed = _claim_answer(answer_id, lambda: loaded, answer)
             except Exception as exc:  # the run records it, as it would its own claim's
                 run.claimed = exc
         try:
@@ -243,17 +246,19 @@ def _forget(run: AnswerRun) -> None:
 
 
 def _claim_answer(
-    answer_id: int, client_factory: ClientFactory
+    answer_id: int, client_factory: ClientFactory, answer: Message | None = None
 ) -> tuple[InferenceClient, ChatGenerationRequest | None]:
     """The inference client, and the answer's request: load the conversation path, fit it to
-    the context and mark the answer streaming. One trip to the runs' database thread, which the
+    the context and mark the answer streaming. Made by the send that created the answer
+    (``answer``: as it created it), or else in one trip to the runs' database thread, which the
     first token waits on (the client is made once per process: loading a policy takes seconds,
     so not on the event loop). No request when the answer is no longer pending (stopped, or
     taken by another process)."""
     client = client_factory()
     if relay_enabled():  # an old relayed text goes before the claim, which followers await
         forget_relayed(answer_id)
-    answer = Message.objects.select_related("conversation").get(pk=answer_id)
+    if answer is None:
+        answer = Message.objects.select_related("conversation").get(pk=answer_id)
     path = path_to(answer)
     conversation = answer.conversation
     max_new_tokens = int(answer.sampling_params.get("max_new_tokens", 256))

@@ -264,7 +264,9 @@ def _answer_anew(
         answer = create(limits)
     except ChatInputError as exc:
         return _refused(request, conversation, exc, limits)
-    run = start_answer_soon(answer.pk, get_inference_client, inference_client_if_ready)
+    run = start_answer_soon(
+        answer.pk, get_inference_client, inference_client_if_ready, answer=answer
+    )
     retitled = answer.conversation.title != title  # a first message names the conversation
 
     def respond(written: dict[int, str]) -> HttpResponse:

@@ -166,12 +166,13 @@ if REDIS_URL:
     CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, object] = {"visibility_timeout": 6 * 3600}
     CACHES = {
         "default": {
-            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "BACKEND": "webapp.redis_pool.SharedClientRedisCache",
             "LOCATION": REDIS_URL,
             # One pool for the process: each request's thread gets its own cache object, which
-            # would otherwise open a connection of its own. A Redis that does not answer fails
-            # an operation within seconds instead of holding the request (the chat carries on
-            # without the cache: feedback/services/shared_cache.py).
+            # would otherwise open a connection of its own; and one client on it (Django makes
+            # one per operation, which cost more CPU than the command). A Redis that does not
+            # answer fails an operation within seconds instead of holding the request (the chat
+            # carries on without the cache: feedback/services/shared_cache.py).
             "OPTIONS": {
                 "pool_class": "webapp.redis_pool.SharedConnectionPool",
                 "socket_connect_timeout": 2,

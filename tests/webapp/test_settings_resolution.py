@@ -79,7 +79,7 @@ def test_urls_switch_to_postgres_and_redis(tmp_path: Path) -> None:
     }
     assert s["broker"] == "redis://cache.internal:6380/2"
     assert s["backend"] == "redis://cache.internal:6380/2"
-    assert s["cache"] == "django.core.cache.backends.redis.RedisCache"
+    assert s["cache"] == "webapp.redis_pool.SharedClientRedisCache"
     assert s["model_dir"] == "/srv/models" and s["device"] == "cuda:1"
 
 

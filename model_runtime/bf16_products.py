@@ -51,11 +51,13 @@ def float32_faster() -> bool:
     """Whether bf16 products run faster through the float32 GEMM here (decided once per
     process; call it before ``torch.compile`` traces a caller, which then sees a constant)."""
     if _decision is None:
-        _decide()
+        if torch.compiler.is_compiling():  # measured eagerly, outside the graph
+            torch.compiler.disable(_decide)()  # type: ignore[no-untyped-call]
+        else:  # not as a decorator: that imports torch._dynamo (2.5 s) with this module
+            _decide()
     return bool(_decision)
 
 
-@torch.compiler.disable  # type: ignore[untyped-decorator]
 def _decide() -> None:
     with _deciding:  # two threads asking first: one measures, alone
         if _decision is None:

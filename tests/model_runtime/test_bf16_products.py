@@ -4,6 +4,7 @@ same numbers as bf16 autocast's products, forward and backward, eager and compil
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -313,3 +314,37 @@ def test_loading_a_bf16_policy_decides_then(
     assert bf16_products._decision is None  # float32 serving has nothing to decide
     load_version(tiny_policy_dir, device="cpu", dtype=torch.bfloat16)
     assert bf16_products._decision is True
+
+
+_DECIDED_WHILE_TRACED = """
+import sys, torch
+import model_runtime.engine
+from model_runtime import bf16_products
+dynamo_on_import = "torch._dynamo" in sys.modules
+
+@torch.compile(backend="eager")
+def scaled(x):
+    return x * 2 if bf16_products.float32_faster() else x * 3
+
+out = scaled(torch.ones(2))
+print(dynamo_on_import, bf16_products._decision, out.tolist())
+"""
+
+
+@pytest.mark.parametrize("mode", ["float32", "native"])
+def test_the_decision_is_made_eagerly_even_when_a_trace_asks_first(mode: str) -> None:
+    """Importing the engine does not import torch._dynamo (2.5 s of every process's start);
+    a compiled function that asks first still gets the decision, made outside its graph."""
+    done = subprocess.run(
+        [sys.executable, "-c", _DECIDED_WHILE_TRACED],
+        cwd=Path(__file__).resolve().parents[2],
+        env={**os.environ, "PALMLOOP_BF16_PRODUCTS": mode},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    dynamo_on_import, decision, out = done.stdout.split(maxsplit=2)
+    assert dynamo_on_import == "False"
+    assert decision == str(mode == "float32")
+    assert out.strip() == ("[2.0, 2.0]" if mode == "float32" else "[3.0, 3.0]")
